@@ -1,0 +1,105 @@
+"""NPWG device-info files (Device Information Spec 1.1.0): where they go and what they say.
+
+Multus gives the path as runtimeConfig.CNIDeviceInfoFile when it wants the file
+(v3.7 always; v3.7.1+ and v4 only with a device plugin's deviceID). When it gives
+none, the file goes to a documented path of our own under <deviceInfoRoot>/cni/.
+Either way nothing is written outside deviceInfoRoot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from . import files
+from .discovery import Device
+from .log import Log
+
+SPEC_VERSION = "1.1.0"
+# Multus writes these files read-only; a rename replaces them all the same.
+FILE_MODE = 0o444
+_MAX_NAME_BYTES = 255
+
+
+@dataclass(frozen=True)
+class Target:
+    path: str
+    given: bool  # True when Multus named the path
+
+
+def fallback_name(network: str, container_id: str, ifname: str) -> str:
+    """`<network>-<containerID>_<ifname>`: the name Multus v3.7 gives, '/' made '-'.
+
+    Unique per attachment because container ID and ifname are. A network name so long
+    that the whole would pass the 255-byte file-name limit is cut and given a digest.
+    """
+    network = network.replace("/", "-") or "unnamed"
+    suffix = f"-{container_id}_{ifname}"
+    room = _MAX_NAME_BYTES - len(suffix.encode())
+    if len(network.encode()) > room:
+        digest = hashlib.sha256(network.encode()).hexdigest()[:12]
+        network = network.encode()[: room - 13].decode(errors="ignore") + "~" + digest
+    return network + suffix
+
+
+def target(root: str, given_path: str | None, network: str, container_id: str, ifname: str) -> Target:
+    if given_path:
+        files.require_inside(root, given_path, "CNIDeviceInfoFile")
+        return Target(given_path, given=True)
+    path = os.path.join(root, "cni", fallback_name(network, container_id, ifname))
+    files.require_inside(root, path, "device-info file")
+    return Target(path, given=False)
+
+
+def pci_section(device: Device) -> dict[str, str]:
+    section = {"pci-address": device.pci_address}
+    optional = {
+        "pf-pci-address": device.pf_pci_address,
+        "rdma-device": device.rdma_device,
+        "representor-device": device.representor_device,
+        "vhost-net": device.vhost_net,
+    }
+    section.update({key: value for key, value in optional.items() if value})
+    return section
+
+
+def merged(existing: Any, device: Device, log: Log, path: str) -> dict[str, Any]:
+    """The document to write: an existing file keeps every key but its pci section, which is
+    updated; a 1.0.0 version is raised to 1.1.0."""
+    if not isinstance(existing, dict):
+        if existing is not None:
+            log.warning(f"{path} holds no device-info object; writing a new one")
+        return {"type": "pci", "version": SPEC_VERSION, "pci": pci_section(device)}
+    document = dict(existing)
+    pci = document.get("pci") if isinstance(document.get("pci"), dict) else {}
+    document["pci"] = {**pci, **pci_section(device)}
+    document.setdefault("type", "pci")
+    if document.get("version") in (None, "1.0.0"):
+        document["version"] = SPEC_VERSION
+    return document
+
+
+def write(root: str, path: str, device: Device, log: Log) -> bool:
+    """Write or update the device-info file; True when the file did not exist before."""
+    files.make_dirs(os.path.dirname(path))
+    # The folder may have been a symlink made after target() judged the path.
+    files.require_inside(root, path, "device-info file")
+    try:
+        existing = files.read_json(path)
+    except files.NotJson as exc:
+        log.warning(str(exc))
+        existing = {}
+    files.write_json(path, merged(existing, device, log, path), FILE_MODE)
+    return existing is None
+
+
+def read_address(path: str) -> str | None:
+    """The pci-address a device-info file names, or None when it names none."""
+    try:
+        document = files.read_json(path)
+    except files.NotJson:
+        return None
+    pci = document.get("pci") if isinstance(document, dict) else None
+    return pci.get("pci-address") if isinstance(pci, dict) else None

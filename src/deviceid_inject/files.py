@@ -1,0 +1,129 @@
+"""Safe file primitives shared by the device-info writer and the state store.
+
+Two promises live here: no reader ever sees half a file (write a temporary file
+in the same folder, then rename it over the target), and nothing is written or
+read through a symlink or outside the tree it belongs to.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from typing import Any
+
+from .protocol import ERR_INVALID_CONFIG, ERR_IO, CniError
+
+
+def inside(root: str, path: str) -> bool:
+    """Whether `path` resolves to `root` or below it, with symlinks resolved on both sides."""
+    real_root = os.path.realpath(root)
+    real_path = os.path.realpath(path)
+    return os.path.commonpath([real_root, real_path]) == real_root
+
+
+def require_inside(root: str, path: str, what: str) -> None:
+    if not os.path.isabs(path):
+        raise CniError(ERR_INVALID_CONFIG, f"{what} {path!r} is not an absolute path")
+    if not inside(root, os.path.dirname(path)):
+        raise CniError(
+            ERR_INVALID_CONFIG,
+            f"{what} {path} resolves to {os.path.realpath(path)}, outside {root}; not written",
+        )
+    if os.path.basename(path) in ("", ".", ".."):
+        raise CniError(ERR_INVALID_CONFIG, f"{what} {path!r} does not name a file")
+
+
+def io_error(action: str, path: str, exc: OSError) -> CniError:
+    return CniError(ERR_IO, f"cannot {action} {path}: {exc.strerror or exc}")
+
+
+def make_dirs(path: str) -> None:
+    try:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise io_error("create folder", path, exc) from None
+
+
+class NotJson(Exception):
+    """The file exists but holds no JSON; each caller decides what that means."""
+
+
+def read_json(path: str) -> Any:
+    """The JSON in `path`, or None when there is no file. Refuses symlinks and non-files."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CniError(ERR_INVALID_CONFIG, f"{path} is a symlink; deviceid-inject never follows one") from None
+        raise io_error("open", path, exc) from None
+    with os.fdopen(fd, "rb") as f:
+        if not _is_regular(f.fileno()):
+            raise CniError(ERR_INVALID_CONFIG, f"{path} is not a regular file")
+        try:
+            data = f.read()
+        except OSError as exc:
+            raise io_error("read", path, exc) from None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise NotJson(f"{path} does not hold JSON: {exc}") from None
+
+
+def _is_regular(fd: int) -> bool:
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def write_json(path: str, obj: Any, mode: int) -> None:
+    """Replace `path` atomically with `obj` as JSON; the folder must exist."""
+    folder, name = os.path.split(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise CniError(ERR_INVALID_CONFIG, f"{path} is a directory, not a file")
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        raise io_error("create", tmp, exc) from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except OSError as exc:
+        remove(tmp)
+        raise io_error("write", path, exc) from None
+
+
+def remove(path: str) -> bool:
+    """Unlink `path` (a symlink itself, never its target) and any temporary file a killed
+    writer left beside it; True when `path` was there."""
+    folder, name = os.path.split(path)
+    try:
+        leftovers = [n for n in os.listdir(folder) if n.startswith(f".{name}.") and n.endswith(".tmp")]
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise io_error("list", folder, exc) from None
+    for leftover in leftovers:
+        _unlink(os.path.join(folder, leftover))
+    return _unlink(path)
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except IsADirectoryError:
+        raise CniError(ERR_IO, f"cannot remove {path}: it is a directory") from None
+    except OSError as exc:
+        raise io_error("remove", path, exc) from None
+    return True

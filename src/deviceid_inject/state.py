@@ -1,0 +1,109 @@
+"""What ADD did, kept by container ID and ifname, so DEL, CHECK and GC work after the device has left.
+
+Layout: <dataDir>/<containerID>/<ifname>.json, one small JSON record per attachment,
+and <dataDir>/lock, the one lock every writer takes. Container IDs and ifnames are
+validated before they get here, so neither can climb out of dataDir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from . import files
+from .protocol import ERR_TRY_AGAIN, CniError
+
+LOCK_TIMEOUT_SECONDS = 10.0
+STATE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class Record:
+    container_id: str
+    ifname: str
+    network: str
+    pci_address: str | None
+    strategy: str | None
+    device_info_file: str | None
+    created_file: bool
+
+
+class Store:
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+
+    def path(self, container_id: str, ifname: str) -> str:
+        return os.path.join(self.data_dir, container_id, f"{ifname}.json")
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+        """Hold the store's lock; a busy node gets code 11 (try again) rather than a hang."""
+        files.make_dirs(self.data_dir)
+        lock_path = os.path.join(self.data_dir, "lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, STATE_MODE)
+        except OSError as exc:
+            raise files.io_error("open lock", lock_path, exc) from None
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                        raise CniError(ERR_TRY_AGAIN, f"{lock_path} is held by another run") from None
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)
+
+    def load(self, container_id: str, ifname: str) -> Record | None:
+        path = self.path(container_id, ifname)
+        try:
+            raw = files.read_json(path)
+        except files.NotJson:
+            return None
+        try:
+            return Record(**raw) if isinstance(raw, dict) else None
+        except TypeError:
+            return None
+
+    def save(self, record: Record) -> None:
+        path = self.path(record.container_id, record.ifname)
+        files.make_dirs(os.path.dirname(path))
+        files.write_json(path, asdict(record), STATE_MODE)
+
+    def forget(self, container_id: str, ifname: str) -> None:
+        path = self.path(container_id, ifname)
+        files.remove(path)
+        with contextlib.suppress(OSError):  # other ifnames of the container may still be there
+            os.rmdir(os.path.dirname(path))
+
+    def attachments(self) -> list[tuple[str, str]]:
+        """Every (containerID, ifname) with a record, for GC."""
+        found = []
+        for container_id in _listdir(self.data_dir):
+            folder = os.path.join(self.data_dir, container_id)
+            if not os.path.isdir(folder) or os.path.islink(folder):
+                continue
+            found.extend(
+                (container_id, name[: -len(".json")])
+                for name in _listdir(folder)
+                if name.endswith(".json") and not name.startswith(".")
+            )
+        return found
+
+
+def _listdir(folder: str) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise files.io_error("list", folder, exc) from None

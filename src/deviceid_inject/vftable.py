@@ -1,0 +1,70 @@
+"""The PFs' VF tables over netlink: how a VF with no netdev (DPDK, vfio-pci) is found by its MAC.
+
+A PF's RTM_GETLINK answer, asked with RTEXT_FILTER_VF, lists every VF index with
+its MAC, bound to a kernel driver or not: what `ip link show <pf>` prints as
+`vf N ... link/ether ...`. Only the named PFs are asked, one request each, so the
+cost follows the PFs searched, not the VFs on the host. pyroute2 is imported only
+here, and only when this search runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable
+
+from .protocol import CniError
+
+ERR_AMBIGUOUS_MAC = 102
+RTEXT_FILTER_VF = 1
+
+
+@dataclass(frozen=True)
+class VfEntry:
+    pf: str
+    index: int
+    mac: str
+
+
+Source = Callable[[Sequence[str]], "list[VfEntry]"]
+
+
+class Ambiguous(CniError):
+    """Two VFs carry the MAC we look for: picking one would be a guess."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(ERR_AMBIGUOUS_MAC, msg)
+
+
+def find_mac(entries: Iterable[VfEntry], mac: str) -> list[VfEntry]:
+    wanted = mac.lower()
+    return [entry for entry in entries if entry.mac.lower() == wanted]
+
+
+def netlink_tables(pfs: Sequence[str]) -> list[VfEntry]:
+    """The VF tables of `pfs`, read from the kernel; a PF that is not there is skipped."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    entries: list[VfEntry] = []
+    with IPRoute() as ipr:
+        for pf in pfs:
+            try:
+                messages = ipr.link("get", ifname=pf, ext_mask=RTEXT_FILTER_VF)
+            except NetlinkError:
+                continue
+            for message in messages:
+                entries.extend(_entries(pf, message))
+    return entries
+
+
+def _entries(pf: str, message: object) -> list[VfEntry]:
+    vflist = message.get_attr("IFLA_VFINFO_LIST")  # type: ignore[attr-defined]
+    if vflist is None:
+        return []
+    entries = []
+    for info in vflist.get_attrs("IFLA_VF_INFO"):
+        mac = info.get_attr("IFLA_VF_MAC")
+        if mac is not None and mac["mac"] != "00:00:00:00:00:00":
+            entries.append(VfEntry(pf=pf, index=int(mac["vf"]), mac=mac["mac"]))
+    return entries
