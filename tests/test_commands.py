@@ -1,0 +1,306 @@
+"""The plugin as a runtime drives it: one subprocess per command, over fixture sysfs trees."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import prev_result, run_plugin
+
+from deviceid_inject.protocol import SUPPORTED_VERSIONS
+
+FALLBACK = "cni/n6-dpdk-ctr-1_net1"
+
+
+def read(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def all_files(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_add_puts_pciid_into_the_result_in_the_configs_version(make_config, version):
+    run = run_plugin("ADD", make_config(version=version))
+    assert run.code == 0, run.stdout
+    result = run.json
+    assert result["cniVersion"] == version
+    assert result["interfaces"] == [
+        {"name": "net1", "mac": "02:00:00:00:00:01", "sandbox": "/var/run/netns/pod", "pciID": "0000:3b:02.3"}
+    ]
+    expected_ip = {"address": "10.10.0.5/24", "gateway": "10.10.0.1", "interface": 0}
+    if not version.startswith("1."):
+        expected_ip["version"] = "4"
+    assert result["ips"] == [expected_ip]
+    assert result["dns"] == {"nameservers": ["10.96.0.10"]}
+
+
+def test_add_converts_a_prev_result_of_another_version(make_config):
+    run = run_plugin("ADD", make_config(version="0.3.1", prev=prev_result("1.0.0")))
+    assert run.json["cniVersion"] == "0.3.1"
+    assert run.json["ips"][0]["version"] == "4"
+
+
+def test_add_writes_the_fallback_file_when_multus_gives_no_path(make_config, roots):
+    assert run_plugin("ADD", make_config()).code == 0
+    path = roots["devinfo"] / FALLBACK
+    assert read(path) == {
+        "type": "pci",
+        "version": "1.1.0",
+        "pci": {"pci-address": "0000:3b:02.3", "pf-pci-address": "0000:3b:00.0"},
+    }
+    assert oct(path.stat().st_mode & 0o777) == "0o444"
+
+
+def test_add_creates_the_file_multus_names(make_config, roots):
+    given = roots["devinfo"] / "cni" / "n6-dpdk-abc_net1"
+    run = run_plugin("ADD", make_config(runtimeConfig={"CNIDeviceInfoFile": str(given)}))
+    assert run.code == 0, run.stdout
+    assert read(given)["pci"]["pci-address"] == "0000:3b:02.3"
+    assert all_files(roots["devinfo"]) == ["cni/n6-dpdk-abc_net1"]
+
+
+def test_add_updates_a_device_plugin_file_and_del_leaves_it(make_config, roots):
+    given = roots["devinfo"] / "cni" / "from-dp.json"
+    given.parent.mkdir(parents=True)
+    given.write_text(json.dumps({"type": "pci", "version": "1.0.0", "pci": {"pci-address": "0000:3b:02.3"}, "x": 1}))
+    config = make_config(runtimeConfig={"CNIDeviceInfoFile": str(given)})
+    assert run_plugin("ADD", config).code == 0
+    assert read(given) == {
+        "type": "pci",
+        "version": "1.1.0",
+        "x": 1,
+        "pci": {"pci-address": "0000:3b:02.3", "pf-pci-address": "0000:3b:00.0"},
+    }
+    assert run_plugin("DEL", config).code == 0
+    assert given.exists(), "a file Multus or a device plugin made is Multus's to remove"
+
+
+def test_add_refuses_a_path_that_resolves_outside_the_tree(make_config, roots, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    roots["devinfo"].mkdir()
+    (roots["devinfo"] / "cni").symlink_to(outside)
+    run = run_plugin("ADD", make_config())
+    assert run.code == 1
+    assert run.json["code"] == 7
+    assert "outside" in run.json["msg"] and str(roots["devinfo"]) in run.json["msg"]
+    assert list(outside.iterdir()) == []
+
+
+def test_add_refuses_a_symlink_at_the_target(make_config, roots, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("{}")
+    (roots["devinfo"] / "cni").mkdir(parents=True)
+    (roots["devinfo"] / FALLBACK).symlink_to(victim)
+    run = run_plugin("ADD", make_config())
+    assert run.json["code"] == 7
+    assert "symlink" in run.json["msg"]
+    assert victim.read_text() == "{}"
+
+
+def test_add_without_prev_result_is_code_7(make_config):
+    run = run_plugin("ADD", make_config(prev=None))
+    assert run.json["code"] == 7
+    assert "prevResult is missing" in run.json["msg"]
+
+
+def test_add_without_a_device_fails_listing_every_way_tried(make_config, roots):
+    run = run_plugin("ADD", make_config(sysfs="dpdk", prev=prev_result(mac="02:99:00:00:00:01"), pfNames=["nope0"]))
+    assert run.json["code"] == 100
+    for strategy in ("prevResult pciID", "runtimeConfig deviceID", "config deviceID", "netdev sysfs", "VF table"):
+        assert strategy in run.json["msg"]
+    assert not roots["state"].exists()
+    assert not roots["devinfo"].exists()
+
+
+def test_add_not_required_passes_prev_result_through(make_config, roots):
+    prev = prev_result(mac="02:99:00:00:00:01")
+    run = run_plugin("ADD", make_config(sysfs="dpdk", prev=prev, pfNames=["nope0"], required=False))
+    assert run.code == 0
+    assert run.json == prev
+    assert "no PCI function found" in run.stderr
+    assert not roots["devinfo"].exists()
+    assert run_plugin("CHECK", make_config(sysfs="dpdk", prev=prev, required=False)).code == 0
+    assert run_plugin("DEL", make_config(sysfs="dpdk", prev=prev, required=False)).code == 0
+    assert all_files(roots["state"]) == ["lock"]
+
+
+def test_add_uses_runtime_device_id_first(make_config, roots):
+    run = run_plugin("ADD", make_config(runtimeConfig={"deviceID": "0000:3b:01.5"}))
+    assert run.json["interfaces"][0]["pciID"] == "0000:3b:01.5"
+
+
+@pytest.mark.parametrize(
+    ("interfaces", "picked"),
+    [
+        ([{"name": "net1"}, {"name": "net1", "sandbox": "/ns"}], 1),
+        ([{"name": "eth0", "sandbox": "/ns"}, {"name": "net1"}], 1),
+        ([{"name": "host-veth"}, {"name": "pod-side", "sandbox": "/ns"}], 1),
+    ],
+)
+def test_interface_selection_rules(make_config, interfaces, picked):
+    prev = {"cniVersion": "1.1.0", "interfaces": interfaces}
+    result = run_plugin("ADD", make_config(prev=prev, runtimeConfig={"deviceID": "0000:3b:01.1"})).json
+    assert [("pciID" in i) for i in result["interfaces"]] == [i == picked for i in range(len(interfaces))]
+
+
+def test_no_matching_interface_leaves_interfaces_alone_but_writes_the_file(make_config, roots):
+    prev = {"cniVersion": "1.1.0", "interfaces": [{"name": "a", "sandbox": "/x"}, {"name": "b", "sandbox": "/y"}]}
+    run = run_plugin("ADD", make_config(prev=prev))
+    assert run.json["interfaces"] == prev["interfaces"]
+    assert read(roots["devinfo"] / FALLBACK)["pci"]["pci-address"] == "0000:3b:02.3"
+
+
+def test_del_removes_what_add_made_and_is_idempotent(make_config, roots):
+    config = make_config()
+    assert run_plugin("ADD", config).code == 0
+    assert all_files(roots["devinfo"]) == [FALLBACK]
+    assert run_plugin("DEL", config).code == 0
+    assert all_files(roots["devinfo"]) == []
+    assert all_files(roots["state"]) == ["lock"]
+    assert run_plugin("DEL", config).code == 0
+    assert run_plugin("DEL", make_config(prev=None), netns="").code == 0
+
+
+def test_del_without_state_still_removes_our_documented_file(make_config, roots):
+    config = make_config()
+    assert run_plugin("ADD", config).code == 0
+    (roots["state"] / "ctr-1" / "net1.json").unlink()
+    assert run_plugin("DEL", make_config(prev=None), netns="/var/run/netns/gone-long-ago").code == 0
+    assert all_files(roots["devinfo"]) == []
+
+
+def test_del_for_another_attachment_leaves_ours(make_config, roots):
+    config = make_config()
+    assert run_plugin("ADD", config).code == 0
+    assert run_plugin("DEL", config, container_id="ctr-2").code == 0
+    assert run_plugin("DEL", config, ifname="net2").code == 0
+    assert all_files(roots["devinfo"]) == [FALLBACK]
+
+
+def test_check_passes_after_add(make_config):
+    config = make_config()
+    result = run_plugin("ADD", config).json
+    check = run_plugin("CHECK", make_config(prev=result))
+    assert (check.code, check.stdout) == (0, "")
+
+
+def test_check_fails_clearly_when_the_file_is_gone(make_config, roots):
+    result = run_plugin("ADD", make_config()).json
+    (roots["devinfo"] / FALLBACK).unlink()
+    run = run_plugin("CHECK", make_config(prev=result))
+    assert run.json["code"] == 101
+    assert f"{roots['devinfo'] / FALLBACK} is gone" in run.json["msg"]
+
+
+def test_check_fails_when_the_interface_moved_to_another_function(make_config):
+    result = run_plugin("ADD", make_config(sysfs="vf-iavf")).json
+    run = run_plugin("CHECK", make_config(sysfs="mlx5-rdma", prev=result))
+    assert run.json["code"] == 101
+    assert "now 0001:af:01.2, ADD recorded 0000:3b:02.3" in run.json["msg"]
+
+
+def test_check_fails_without_a_record_and_below_0_4_0(make_config):
+    assert run_plugin("CHECK", make_config()).json["code"] == 101
+    assert run_plugin("CHECK", make_config(version="0.3.1")).json["code"] == 1
+
+
+def test_gc_removes_only_attachments_not_listed(make_config, roots):
+    for container in ("keep", "drop"):
+        assert run_plugin("ADD", make_config(), container_id=container).code == 0
+    gc = make_config(prev=None, **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "net1"}]})
+    run = run_plugin("GC", gc, container_id="", ifname="", netns="")
+    assert (run.code, run.stdout) == (0, "")
+    assert all_files(roots["devinfo"]) == ["cni/n6-dpdk-keep_net1"]
+    assert all_files(roots["state"]) == ["keep/net1.json", "lock"]
+
+
+def test_gc_without_the_list_removes_nothing(make_config, roots):
+    assert run_plugin("ADD", make_config()).code == 0
+    assert run_plugin("GC", make_config(prev=None), container_id="", ifname="", netns="").code == 0
+    assert all_files(roots["devinfo"]) == [FALLBACK]
+
+
+def test_status_ok_and_code_50_when_the_tree_cannot_be_written(make_config, tmp_path):
+    assert run_plugin("STATUS", make_config(prev=None), container_id="", ifname="", netns="").code == 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = run_plugin("STATUS", make_config(prev=None, dataDir=str(blocker / "sub")), container_id="")
+    assert run.json["code"] == 50
+    assert "dataDir" in run.json["msg"]
+    run = run_plugin("STATUS", make_config(prev=None, sysfsRoot=str(tmp_path / "nosys")))
+    assert run.json["code"] == 50
+
+
+@pytest.mark.parametrize("asked", ["0.4.0", "1.1.0"])
+def test_version_echoes_the_asked_version_and_lists_ours(asked):
+    run = run_plugin("VERSION", {"cniVersion": asked}, container_id="", ifname="", netns="")
+    assert run.json == {"cniVersion": asked, "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+
+
+@pytest.mark.parametrize(
+    ("command", "mutate", "code", "words"),
+    [
+        ("ADD", lambda c: c.update(cniVersion="0.2.0"), 1, "cniVersion '0.2.0' is not supported"),
+        ("GC", lambda c: c.update(cniVersion="1.0.0"), 1, "does not allow GC"),
+        ("ADD", lambda c: c.update(required="yes"), 7, "$.required"),
+        ("ADD", lambda c: c.update(dataDir="relative/dir"), 7, "$.dataDir"),
+        ("ADD", lambda c: c.update(pfNames="ens1f0"), 7, "$.pfNames"),
+        ("ADD", lambda c: c["runtimeConfig"].update(CNIDeviceInfoFile="/etc/passwd"), 7, "outside"),
+        ("ADD", lambda c: c.update(prevResult={"cniVersion": "1.1.0", "interfaces": "net1"}), 7, "interfaces"),
+        ("ADD", lambda c: c.update(prevResult={"cniVersion": "0.2.0", "ip4": {}}), 1, "0.2.0 format"),
+    ],
+)
+def test_bad_config_gets_the_right_code_and_names_the_problem(make_config, roots, command, mutate, code, words):
+    config = make_config(runtimeConfig={})
+    mutate(config)
+    run = run_plugin(command, config)
+    assert run.code != 0
+    assert run.json["code"] == code
+    assert words in run.json["msg"]
+    assert not roots["devinfo"].exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"CNI_COMMAND": "FROB"}, "CNI_COMMAND 'FROB'"),
+        ({"CNI_IFNAME": "../etc"}, "CNI_IFNAME"),
+        ({"CNI_IFNAME": "a" * 16}, "longer than 15 bytes"),
+        ({"CNI_CONTAINERID": "../../x"}, "CNI_CONTAINERID"),
+        ({"CNI_NETNS": ""}, "CNI_NETNS is required"),
+        ({"CNI_ARGS": "novalue"}, "CNI_ARGS"),
+    ],
+)
+def test_bad_environment_is_code_4(make_config, roots, env, words):
+    run = run_plugin("ADD", make_config(), env=env)
+    assert run.json["code"] == 4
+    assert words in run.json["msg"]
+    assert not roots["state"].exists()
+
+
+@pytest.mark.parametrize(
+    ("stdin", "words"),
+    [(b"", "empty"), (b"{not json", "not valid JSON"), (b"\xff\xfe{}", "not UTF-8"), (b"[1]", "JSON object")],
+)
+def test_undecodable_stdin_is_code_6(stdin, words):
+    run = run_plugin("ADD", stdin)
+    assert run.json["code"] == 6
+    assert words in run.json["msg"]
+
+
+def test_errors_carry_the_configs_version(make_config):
+    run = run_plugin("ADD", make_config(version="0.4.0", prev=None))
+    assert run.json["cniVersion"] == "0.4.0"
+
+
+def test_logs_go_to_the_log_file_and_stderr_never_stdout(make_config, tmp_path):
+    log = tmp_path / "logs" / "plugin.log"
+    run = run_plugin("ADD", make_config(logFile=str(log), logLevel="debug"))
+    assert "netdev sysfs: found 0000:3b:02.3" in log.read_text()
+    assert "netdev sysfs: found 0000:3b:02.3" in run.stderr
+    assert json.loads(run.stdout)["interfaces"][0]["pciID"] == "0000:3b:02.3"

@@ -1,0 +1,112 @@
+"""The real path: real network namespaces, veth pairs, this host's PCI-backed eth0, no fixtures."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import prev_result, run_plugin
+
+from deviceid_inject import netns as pod_netns
+from deviceid_inject.pci import address_in_path
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+HOST_NETNS = f"/proc/{os.getpid()}/ns/net"
+
+
+def mounts() -> str:
+    with open("/proc/self/mountinfo") as f:
+        return f.read()
+
+
+def host_pci_netdev() -> tuple[str, str]:
+    """A PCI-backed netdev of this host and its address, read straight from the host's sysfs."""
+    for name in sorted(os.listdir("/sys/class/net")):
+        device = f"/sys/class/net/{name}/device"
+        if os.path.exists(device):
+            address = address_in_path(os.path.realpath(device))
+            if address:
+                return name, address
+    pytest.skip("this host has no PCI-backed netdev")
+
+
+def test_a_veth_in_a_pod_netns_is_seen_there_and_is_not_pci(netns, veth_in, make_config):
+    veth_in("net1")
+    before = mounts()
+    run = run_plugin("ADD", make_config(sysfs=None), netns=netns)
+    assert run.json["code"] == 100
+    assert "/sys/class/net/net1 has no device link: a virtual netdev" in run.json["msg"]
+    assert "net1 (driver veth) reports no ethtool bus-info" in run.json["msg"]
+    assert mounts() == before, "the host's mounts must not change"
+
+
+def test_a_veth_passes_through_when_not_required(netns, veth_in, make_config, roots):
+    veth_in("net1")
+    prev = prev_result(sandbox=netns)
+    run = run_plugin("ADD", make_config(sysfs=None, prev=prev, required=False), netns=netns)
+    assert run.code == 0
+    assert run.json == prev
+    assert not roots["devinfo"].exists()
+
+
+def test_an_interface_missing_from_the_netns_is_reported_as_such(netns, veth_in, make_config):
+    veth_in("net2")
+    run = run_plugin("ADD", make_config(sysfs=None), netns=netns)
+    assert "no netdev net1 in the pod's netns" in run.json["msg"]
+
+
+def test_the_hosts_own_pci_netdev_matches_sysfs_and_ethtool(make_config, roots):
+    name, sysfs_address = host_pci_netdev()
+    prev = prev_result(ifname=name)
+    run = run_plugin("ADD", make_config(sysfs=None, prev=prev, logLevel="debug"), ifname=name, netns=HOST_NETNS)
+    assert run.code == 0, run.stdout
+    assert run.json["interfaces"][0]["pciID"] == sysfs_address
+    if shutil.which("ethtool"):
+        info = subprocess.run(["ethtool", "-i", name], capture_output=True, text=True, check=True).stdout
+        bus_info = re.search(r"^bus-info: (\S+)", info, re.M).group(1)
+        assert bus_info == sysfs_address
+    written = (roots["devinfo"] / f"cni/n6-dpdk-ctr-1_{name}").read_text()
+    assert f'"pci-address": "{sysfs_address}"' in written
+    check = run_plugin("CHECK", make_config(sysfs=None, prev=run.json), ifname=name, netns=HOST_NETNS)
+    assert (check.code, check.stdout) == (0, "")
+    assert run_plugin("DEL", make_config(sysfs=None, prev=None), ifname=name, netns="").code == 0
+    assert not (roots["devinfo"] / f"cni/n6-dpdk-ctr-1_{name}").exists()
+
+
+def test_pid_1_netns_path_works_where_it_may_be_opened(make_config):
+    name, sysfs_address = host_pci_netdev()
+    try:
+        os.close(os.open("/proc/1/ns/net", os.O_RDONLY))
+    except PermissionError:
+        pytest.skip("this sandbox does not let us open /proc/1/ns/net")
+    run = run_plugin("ADD", make_config(sysfs=None, prev=prev_result(ifname=name)), ifname=name, netns="/proc/1/ns/net")
+    assert run.json["interfaces"][0]["pciID"] == sysfs_address
+
+
+def test_look_inside_sees_the_pod_view_not_the_host_view(netns, veth_in):
+    host_end = veth_in("net7")
+    inside = pod_netns.look_inside(netns, "net7")
+    assert inside.exists and inside.driver == "veth" and inside.device_path is None
+    assert not pod_netns.look_inside(netns, host_end).exists  # the host end lives in the host's netns
+
+
+def test_look_inside_explains_a_bad_netns(tmp_path):
+    assert "No such file" in pod_netns.look_inside(str(tmp_path / "gone"), "eth0").problem
+    not_ns = tmp_path / "file"
+    not_ns.write_text("")
+    assert pod_netns.look_inside(str(not_ns), "eth0").problem == "cannot enter the netns: not a network namespace"
+
+
+def test_add_check_del_with_a_device_id_in_a_real_netns(netns, veth_in, make_config, roots):
+    veth_in("net1")
+    config = make_config(sysfs=None, runtimeConfig={"deviceID": "0000:00:03.0"}, prev=prev_result(sandbox=netns))
+    result = run_plugin("ADD", config, netns=netns).json
+    assert result["interfaces"][0]["pciID"] == "0000:00:03.0"
+    config["prevResult"] = result
+    assert run_plugin("CHECK", config, netns=netns).code == 0
+    subprocess.run(["ip", "netns", "del", os.path.basename(netns)], check=True)
+    assert run_plugin("DEL", config, netns=netns).code == 0
+    assert not any(roots["devinfo"].rglob("*-ctr-1_net1"))
