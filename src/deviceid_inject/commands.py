@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO, Callable, Optional, TextIO
 
 from . import config as configuration
-from . import deviceinfo, discovery, files, protocol
+from . import deviceinfo, discovery, files, protocol, udev
 from .config import Config
 from .log import Log
 from .pci import SysfsPci
@@ -24,7 +24,8 @@ ERR_INTERNAL = 199
 def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
     result = _prev_result(config)
     iface = pick_interface(result, env.ifname)
-    found = discovery.discover(_clues(config, iface, env.ifname), _host(config, env))
+    host = _host(config, env, log)
+    found = discovery.discover(_clues(config, iface, env.ifname), host)
     for attempt in found.attempts:
         log.debug(f"{attempt.strategy}: {attempt.outcome}")
     store = Store(config.data_dir)
@@ -36,7 +37,7 @@ def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
             store.save(_record(env, config, None, None, created=False))
         return result
     device = found.device
-    log.info(f"{env.ifname} is {device.pci_address} (by {device.strategy}); {_describe(config, device)}")
+    log.info(f"{env.ifname} is {device.pci_address} (by {device.strategy}); {_describe(host, device)}")
     target = deviceinfo.target(
         config.device_info_root, config.runtime_device_info_file, config.name, env.container_id, env.ifname
     )
@@ -79,7 +80,7 @@ def cmd_check(env: Env, config: Config, log: Log) -> None:
         raise CniError(ERR_CHECK_FAILED, f"prevResult gives pciID {iface['pciID']}, ADD recorded {record.pci_address}")
     # Look again, without trusting the pciID we put into the result ourselves.
     strategies = [s for s in discovery.STRATEGIES if s[1] is not discovery.from_result]
-    found = discovery.discover(_clues(config, iface, env.ifname), _host(config, env), strategies)
+    found = discovery.discover(_clues(config, iface, env.ifname), _host(config, env, log), strategies)
     if found.device is None:
         raise CniError(ERR_CHECK_FAILED, f"{env.ifname}'s PCI function is gone: {found.explain()}")
     if found.device.pci_address != record.pci_address:
@@ -177,18 +178,18 @@ def _clues(config: Config, iface: dict[str, Any] | None, ifname: str) -> discove
     )
 
 
-def _host(config: Config, env: Env) -> discovery.Host:
+def _host(config: Config, env: Env, log: Log) -> discovery.Host:
     return discovery.Host(
         netns_path=env.netns,
         sysfs_root=config.sysfs_root,
-        pci=SysfsPci(config.sysfs_root or "/sys"),
+        pci=SysfsPci(config.sysfs_root) if config.sysfs_root else udev.real_host_pci(log),
         pf_names=config.pf_names,
         vhost_net=discovery.VHOST_NET if config.vhost_net else None,
     )
 
 
-def _describe(config: Config, device: discovery.Device) -> str:
-    d = SysfsPci(config.sysfs_root or "/sys").describe(device.pci_address)
+def _describe(host: discovery.Host, device: discovery.Device) -> str:
+    d = host.pci.describe(device.pci_address)
     return f"driver {d.driver or '-'}, vendor {d.vendor or '-'}, device {d.device or '-'}"
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import netns, vftable
-from .pci import SysfsPci, address_in_path, normalize_address
+from .pci import SysfsPci, normalize_address
 
 VHOST_NET = "/dev/vhost-net"
 
@@ -126,7 +126,7 @@ def from_netdev_sysfs(clues: Clues, host: Host) -> str:
     view = _pod_netdev(clues, host)
     if not view.device_path:
         raise NotApplicable(view.problem or f"{clues.ifname} has no device link")
-    address = address_in_path(view.device_path)
+    address = host.pci.pci_parent(view.device_path)
     if address is None:
         raise NotApplicable(f"{clues.ifname} is backed by {view.device_path}, which is not on PCI")
     return address

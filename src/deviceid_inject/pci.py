@@ -53,6 +53,10 @@ class SysfsPci:
     def path(self, address: str) -> str:
         return os.path.join(self.root, "bus", "pci", "devices", address)
 
+    def pci_parent(self, device_path: str) -> str | None:
+        """The PCI function a device path belongs to (itself, or a virtio device's parent)."""
+        return address_in_path(device_path)
+
     def exists(self, address: str) -> bool:
         return os.path.isdir(self.path(address))
 
