@@ -1,23 +1,183 @@
-"""The operator's command line: what the same executable does when no CNI_COMMAND is set."""
+"""The operator's command line: what the same executable does when no CNI_COMMAND is set.
+
+    deviceid-inject --version
+    deviceid-inject discover --netns PATH --ifname NAME [--mac MAC] [--sysfs-root DIR] ...
+    deviceid-inject check-config FILE
+
+Exit codes: 0 success (device found, config valid), 1 the answer is no (no device, config
+invalid), 2 usage or unreadable input.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import sys
+from pathlib import Path
+from typing import Any, TextIO
 
-from . import __version__
+from . import __version__, config, deviceinfo, discovery, udev
+from .log import Log
+from .pci import SysfsPci
+from .protocol import CniError, check_ifname
+
+EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
+PLUGIN_TYPE = "deviceid-inject"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="deviceid-inject",
-        description="Chained CNI plugin: run by a CNI runtime with CNI_COMMAND set. "
-        "Without it, a troubleshooting tool.",
+def version_text() -> str:
+    try:
+        from . import _build  # written by build.sh into the compiled binary only
+
+        build = f"built {_build.DATE} from {_build.COMMIT} with Nuitka {_build.NUITKA} on glibc {_build.GLIBC}"
+    except ImportError:
+        build = "not compiled: running from source"
+    return (
+        f"deviceid-inject {__version__}\n{build}\nPython {platform.python_version()}\n"
+        "CNI spec versions: 0.3.0 0.3.1 0.4.0 1.0.0 1.1.0\n"
     )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    args = parser.parse_args(argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="deviceid-inject",
+        description="A chained CNI plugin that finds the PCI function behind a pod's interface and writes "
+        "the NPWG device-info file. A CNI runtime runs it with CNI_COMMAND set; without it, it is "
+        "this troubleshooting tool.",
+        epilog="Exit codes: 0 success, 1 no device found or config invalid, 2 usage or unreadable input.",
+    )
+    top.add_argument("--version", action="store_true", help="print the version and build information")
+    commands = top.add_subparsers(dest="command", metavar="COMMAND")
+
+    find = commands.add_parser(
+        "discover",
+        help="show the device-info ADD would write, and why each discovery strategy did or did not apply",
+        description="Run discovery as ADD would, read only: nothing is written.",
+    )
+    find.add_argument("--netns", required=True, help="the pod's network namespace, e.g. /var/run/netns/x")
+    find.add_argument("--ifname", required=True, help="the interface name inside the pod, e.g. net1")
+    find.add_argument("--mac", help="the interface's MAC, for VFs with no netdev (DPDK)")
+    find.add_argument("--device-id", help="a PCI address known up front (as runtimeConfig.deviceID)")
+    find.add_argument("--pf-name", action="append", default=[], help="restrict the VF-table search (repeatable)")
+    find.add_argument("--sysfs-root", help="read this sysfs-shaped tree instead of the pod's sysfs")
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate the deviceid-inject entry of a conflist or NetworkAttachmentDefinition",
+        description="FILE is a conflist, a single plugin config, or a NetworkAttachmentDefinition, "
+        "in JSON or YAML. Each error is printed with its JSON path.",
+    )
+    check.add_argument("file", help="the file to check, or - for standard input")
+    return top
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = parser().parse_args(argv)
     if args.version:
-        sys.stdout.write(f"deviceid-inject {__version__}\n")
-        return 0
-    parser.print_help(sys.stderr)
-    return 2
+        out.write(version_text())
+        return EXIT_OK
+    if args.command == "discover":
+        return discover(args, out, err)
+    if args.command == "check-config":
+        return check_config(args.file, out, err)
+    parser().print_help(err)
+    return EXIT_USAGE
+
+
+def discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        check_ifname(args.ifname, "--ifname")
+    except CniError as exc:
+        err.write(f"deviceid-inject: {exc.msg}\n")
+        return EXIT_USAGE
+    log = Log("warning", stream=err)
+    host = discovery.Host(
+        netns_path=args.netns,
+        sysfs_root=args.sysfs_root,
+        pci=SysfsPci(args.sysfs_root) if args.sysfs_root else udev.real_host_pci(log),
+        pf_names=args.pf_name,
+    )
+    clues = discovery.Clues(ifname=args.ifname, mac=args.mac, runtime_device_id=args.device_id)
+    try:
+        found = discovery.discover(clues, host)
+    except CniError as exc:
+        err.write(f"deviceid-inject: {exc.msg}\n")
+        return EXIT_NO
+    report: dict[str, Any] = {
+        "strategies": [
+            {"strategy": a.strategy, "applied": a.outcome.startswith("found "), "outcome": a.outcome}
+            for a in found.attempts
+        ],
+        "device-info": None,
+    }
+    if found.device is not None:
+        report["device-info"] = deviceinfo.merged(None, found.device, log, "")
+    out.write(json.dumps(report, indent=2) + "\n")
+    return EXIT_OK if found.device else EXIT_NO
+
+
+def check_config(path: str, out: TextIO, err: TextIO) -> int:
+    try:
+        document = _load_document(path)
+        entry, where = plugin_entry(document)
+    except (OSError, ValueError) as exc:
+        err.write(f"deviceid-inject: {path}: {exc}\n")
+        return EXIT_USAGE
+    errors = config.schema_errors(entry)
+    for line in errors:
+        out.write(f"{where}{line[1:]}\n" if line.startswith("$") else f"{where}: {line}\n")
+    if errors:
+        return EXIT_NO
+    out.write(f"{path}: the deviceid-inject entry ({where}) is valid\n")
+    return EXIT_OK
+
+
+def _load_document(path: str) -> Any:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"neither JSON nor YAML: {exc}") from None
+
+
+def plugin_entry(document: Any) -> tuple[dict[str, Any], str]:
+    """The deviceid-inject entry of a NAD, a conflist or a single config, with the JSON path it
+    sits at; a conflist's cniVersion is carried into the entry, as runtimes do."""
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON or YAML object")
+    prefix = "$"
+    if document.get("kind") == "NetworkAttachmentDefinition":
+        raw = (document.get("spec") or {}).get("config")
+        if not isinstance(raw, str):
+            raise ValueError("the NetworkAttachmentDefinition has no spec.config string")
+        try:
+            document = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"spec.config is not JSON: {exc}") from None
+        prefix = "$.spec.config"
+    plugins = document.get("plugins")
+    if plugins is None:
+        if document.get("type") != PLUGIN_TYPE:
+            raise ValueError(f"no plugin of type {PLUGIN_TYPE} in it")
+        return document, prefix
+    if not isinstance(plugins, list):
+        raise ValueError(f"{prefix}.plugins is not a list")
+    for index, plugin in enumerate(plugins):
+        if isinstance(plugin, dict) and plugin.get("type") == PLUGIN_TYPE:
+            if index == 0:
+                raise ValueError(
+                    f"{prefix}.plugins[0] is deviceid-inject: it must follow the plugin that creates the interface"
+                )
+            inherited = {key: document[key] for key in ("cniVersion", "name") if key in document}
+            entry = {**inherited, **plugin}
+            return entry, f"{prefix}.plugins[{index}]"
+    raise ValueError(f"no plugin of type {PLUGIN_TYPE} in {prefix}.plugins")
