@@ -7,9 +7,9 @@ import os
 import subprocess
 
 import pytest
-from conftest import TESTDATA, plugin_command
+from conftest import REPO, TESTDATA, plugin_command
 
-NAD = TESTDATA / "conflists" / "n6-dpdk-nad.yaml"
+NAD = REPO / "deploy" / "nad-n6-dpdk.yaml"
 
 
 def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
