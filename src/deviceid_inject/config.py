@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol import ERR_INVALID_CONFIG, CniError
+from .protocol import ERR_INVALID_CONFIG, IFNAME_MAX_BYTES, CniError
 
 DEFAULT_DEVICE_INFO_ROOT = "/var/run/k8s.cni.cncf.io/devinfo"
 DEFAULT_DATA_DIR = "/var/lib/cni/deviceid-inject"
@@ -53,8 +53,20 @@ def schema_errors(raw: dict[str, Any]) -> list[str]:
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(load_schema())
-    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
-    return [f"{error.json_path}: {error.message}" for error in errors]
+    errors = sorted(validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
+    return [f"{error.json_path}: {error.message}" for error in errors] + _byte_length_errors(raw)
+
+
+def _byte_length_errors(raw: dict[str, Any]) -> list[str]:
+    """The kernel limits interface names in bytes; JSON Schema can only count characters."""
+    names = raw.get("pfNames")
+    if not isinstance(names, list):
+        return []
+    return [
+        f"$.pfNames[{i}]: {name!r} is longer than {IFNAME_MAX_BYTES} bytes"
+        for i, name in enumerate(names)
+        if isinstance(name, str) and len(name.encode()) > IFNAME_MAX_BYTES
+    ]
 
 
 def parse(raw: dict[str, Any]) -> Config:

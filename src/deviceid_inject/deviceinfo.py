@@ -33,15 +33,21 @@ def fallback_name(network: str, container_id: str, ifname: str) -> str:
     """`<network>-<containerID>_<ifname>`: the name Multus v3.7 gives, '/' made '-'.
 
     Unique per attachment because container ID and ifname are. A network name so long
-    that the whole would pass the 255-byte file-name limit is cut and given a digest.
+    that the whole would pass the 255-byte file-name limit is cut and given a digest; a
+    container ID that alone nearly fills it turns the name into `<digest>_<ifname>`.
     """
     network = network.replace("/", "-") or "unnamed"
     suffix = f"-{container_id}_{ifname}"
     room = _MAX_NAME_BYTES - len(suffix.encode())
+    if room < 32:  # a container ID far longer than any runtime makes: the name becomes a digest
+        return f"{_digest(network + suffix, 64)}_{ifname}"
     if len(network.encode()) > room:
-        digest = hashlib.sha256(network.encode()).hexdigest()[:12]
-        network = network.encode()[: room - 13].decode(errors="ignore") + "~" + digest
+        network = network.encode()[: room - 13].decode(errors="ignore") + "~" + _digest(network, 12)
     return network + suffix
+
+
+def _digest(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def target(root: str, given_path: str | None, network: str, container_id: str, ifname: str) -> Target:
@@ -83,8 +89,9 @@ def merged(existing: Any, device: Device, log: Log, path: str) -> dict[str, Any]
 
 def write(root: str, path: str, device: Device, log: Log) -> bool:
     """Write or update the device-info file; True when the file did not exist before."""
+    # Judged again before and after making folders: one may have become a symlink meanwhile.
+    files.require_inside(root, path, "device-info file")
     files.make_dirs(os.path.dirname(path))
-    # The folder may have been a symlink made after target() judged the path.
     files.require_inside(root, path, "device-info file")
     try:
         existing = files.read_json(path)

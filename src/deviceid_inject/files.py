@@ -60,9 +60,10 @@ def read_json(path: str) -> Any:
         if exc.errno == errno.ELOOP:
             raise CniError(ERR_INVALID_CONFIG, f"{path} is a symlink; deviceid-inject never follows one") from None
         raise io_error("open", path, exc) from None
+    if not _is_regular(fd):
+        os.close(fd)
+        raise CniError(ERR_INVALID_CONFIG, f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not _is_regular(f.fileno()):
-            raise CniError(ERR_INVALID_CONFIG, f"{path} is not a regular file")
         try:
             data = f.read()
         except OSError as exc:
@@ -82,7 +83,7 @@ def write_json(path: str, obj: Any, mode: int) -> None:
     folder, name = os.path.split(path)
     if os.path.isdir(path) and not os.path.islink(path):
         raise CniError(ERR_INVALID_CONFIG, f"{path} is a directory, not a file")
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    tmp = os.path.join(folder, _temp_name(name))
     data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
@@ -107,7 +108,7 @@ def remove(path: str) -> bool:
     writer left beside it; True when `path` was there."""
     folder, name = os.path.split(path)
     try:
-        leftovers = [n for n in os.listdir(folder) if n.startswith(f".{name}.") and n.endswith(".tmp")]
+        leftovers = [n for n in os.listdir(folder) if _is_temp_of(n, name)]
     except FileNotFoundError:
         return False
     except OSError as exc:
@@ -115,6 +116,17 @@ def remove(path: str) -> bool:
     for leftover in leftovers:
         _unlink(os.path.join(folder, leftover))
     return _unlink(path)
+
+
+def _temp_name(name: str) -> str:
+    return f".{name}.{os.getpid()}.tmp"
+
+
+def _is_temp_of(candidate: str, name: str) -> bool:
+    """Whether `candidate` is a temporary file _temp_name made for `name`, by any process."""
+    prefix = f".{name}."
+    pid = candidate[len(prefix) : -len(".tmp")]
+    return candidate.startswith(prefix) and candidate.endswith(".tmp") and pid.isdigit()
 
 
 def _unlink(path: str) -> bool:

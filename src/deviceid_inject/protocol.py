@@ -33,8 +33,8 @@ ERR_CHECK_FAILED = 101
 MAX_STDIN_BYTES = 4 * 1024 * 1024
 
 # libcni's rules: containerd and CRI-O never send anything else.
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_MAX_IFNAME_BYTES = 15
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+IFNAME_MAX_BYTES = 15
 
 
 class CniError(Exception):
@@ -76,7 +76,7 @@ def parse_env(environ: Mapping[str, str]) -> Env:
     )
     if command in ("ADD", "DEL", "CHECK"):
         _require(env.container_id, "CNI_CONTAINERID")
-        if not _CONTAINER_ID.match(env.container_id):
+        if not _CONTAINER_ID.fullmatch(env.container_id):
             raise CniError(
                 ERR_INVALID_ENV,
                 f"CNI_CONTAINERID {env.container_id!r} must start with a letter or digit and hold only "
@@ -91,8 +91,8 @@ def parse_env(environ: Mapping[str, str]) -> Env:
 
 def check_ifname(name: str, what: str) -> None:
     """Apply the kernel's interface-name rules, as libcni does."""
-    if len(name.encode()) > _MAX_IFNAME_BYTES:
-        raise CniError(ERR_INVALID_ENV, f"{what} {name!r} is longer than {_MAX_IFNAME_BYTES} bytes")
+    if len(name.encode()) > IFNAME_MAX_BYTES:
+        raise CniError(ERR_INVALID_ENV, f"{what} {name!r} is longer than {IFNAME_MAX_BYTES} bytes")
     if name in (".", ".."):
         raise CniError(ERR_INVALID_ENV, f"{what} {name!r} is not a valid interface name")
     if any(c in name for c in "/:") or any(c.isspace() for c in name):

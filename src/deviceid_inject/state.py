@@ -69,10 +69,7 @@ class Store:
             raw = files.read_json(path)
         except files.NotJson:
             return None
-        try:
-            return Record(**raw) if isinstance(raw, dict) else None
-        except TypeError:
-            return None
+        return _record_from(raw)
 
     def save(self, record: Record) -> None:
         path = self.path(record.container_id, record.ifname)
@@ -98,6 +95,26 @@ class Store:
                 if name.endswith(".json") and not name.startswith(".")
             )
         return found
+
+
+_FIELD_TYPES = {
+    "container_id": (str,),
+    "ifname": (str,),
+    "network": (str,),
+    "pci_address": (str, type(None)),
+    "strategy": (str, type(None)),
+    "device_info_file": (str, type(None)),
+    "created_file": (bool,),
+}
+
+
+def _record_from(raw: object) -> Record | None:
+    """A Record from what was on disk, or None when it is not one of ours (edited, truncated)."""
+    if not isinstance(raw, dict) or set(raw) != set(_FIELD_TYPES):
+        return None
+    if not all(isinstance(raw[key], types) for key, types in _FIELD_TYPES.items()):
+        return None
+    return Record(**raw)
 
 
 def _listdir(folder: str) -> list[str]:
