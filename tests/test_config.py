@@ -300,3 +300,74 @@ def test_prev_result_kept_as_given() -> None:
 @pytest.mark.parametrize("key", ["deviceInfoRoot", "dataDir"])
 def test_path_with_nul_byte_is_rejected(key: str) -> None:
     assert f"$.{key}:" in parse_error(conf(**{key: "/var/run/a\x00b"})).msg
+
+
+# --- the validation cache: jsonschema once per config, not once per pod ---------------------
+
+
+def cached_config(tmp_path, **extra):
+    return {
+        "cniVersion": "1.1.0",
+        "name": "n6",
+        "type": "deviceid-inject",
+        "dataDir": str(tmp_path / "state"),
+        "prevResult": {"interfaces": []},
+        **extra,
+    }
+
+
+def forbid_jsonschema(monkeypatch):
+    def fail(raw):
+        raise AssertionError("jsonschema ran for a config already known to be valid")
+
+    monkeypatch.setattr(configuration, "schema_errors", fail)
+
+
+def test_a_valid_config_is_validated_by_jsonschema_once(tmp_path, monkeypatch):
+    configuration.parse(cached_config(tmp_path))
+    assert len(list((tmp_path / "state" / configuration.VALIDATED_DIR).iterdir())) == 1
+    forbid_jsonschema(monkeypatch)
+    other_pod = cached_config(
+        tmp_path,
+        prevResult={"interfaces": [{"name": "net1"}]},
+        runtimeConfig={"CNIDeviceInfoFile": "/run/x", "deviceID": "0000:3b:02.3"},
+    )
+    assert configuration.parse(other_pod).runtime_device_id == "0000:3b:02.3"
+
+
+def test_a_changed_static_key_is_validated_again(tmp_path, monkeypatch):
+    configuration.parse(cached_config(tmp_path))
+    forbid_jsonschema(monkeypatch)
+    with pytest.raises(AssertionError, match="jsonschema ran"):
+        configuration.parse(cached_config(tmp_path, logLevel="debug"))
+
+
+def test_an_invalid_config_is_never_remembered(tmp_path):
+    for _ in range(2):
+        with pytest.raises(CniError) as err:
+            configuration.parse(cached_config(tmp_path, required="yes"))
+        assert "$.required" in err.value.msg
+    assert not (tmp_path / "state" / configuration.VALIDATED_DIR).exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        ({"prevResult": []}, "$.prevResult"),
+        ({"runtimeConfig": "x"}, "$.runtimeConfig"),
+        ({"runtimeConfig": {"CNIDeviceInfoFile": "relative"}}, "$.runtimeConfig.CNIDeviceInfoFile"),
+        ({"runtimeConfig": {"CNIDeviceInfoFile": "/a\x00b"}}, "$.runtimeConfig.CNIDeviceInfoFile"),
+        ({"runtimeConfig": {"CNIDeviceInfoFile": 5}}, "$.runtimeConfig.CNIDeviceInfoFile"),
+        ({"runtimeConfig": {"deviceID": 5}}, "$.runtimeConfig.deviceID"),
+        ({"cni.dev/valid-attachments": [{"containerID": 1, "ifname": "a"}]}, "valid-attachments"),
+    ],
+)
+def test_per_attachment_keys_are_checked_on_a_cache_hit_too(tmp_path, monkeypatch, extra, path):
+    configuration.parse(cached_config(tmp_path))
+    for forbid in (False, True):
+        if forbid:
+            forbid_jsonschema(monkeypatch)
+        with pytest.raises(CniError) as err:
+            configuration.parse(cached_config(tmp_path, **extra))
+        assert err.value.code == 7
+        assert path in err.value.msg

@@ -1,21 +1,29 @@
-"""The plugin's network config: validated once against the shipped JSON schema, then a dataclass.
+"""The plugin's network config: validated against the shipped JSON schema, then a dataclass.
 
-jsonschema is the validator of record. It is imported only here, when a config
-is actually validated, because its import alone costs more than a whole ADD.
+jsonschema is the validator of record, but importing it costs more than a whole ADD,
+and every pod of a network sends the same plugin config. So a config that passed is
+remembered by the digest of its static part under <dataDir>/validated/ (root-owned,
+like the state), and jsonschema runs once per config and plugin version, not once per
+pod. The keys the runtime fills in per attachment (prevResult, runtimeConfig, the GC
+list) are left out of the digest and checked on every run by `_attachment_errors`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from . import __version__
 from .protocol import ERR_INVALID_CONFIG, IFNAME_MAX_BYTES, CniError
 
 DEFAULT_DEVICE_INFO_ROOT = "/var/run/k8s.cni.cncf.io/devinfo"
 DEFAULT_DATA_DIR = "/var/lib/cni/deviceid-inject"
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.json")
+PER_ATTACHMENT_KEYS = ("prevResult", "runtimeConfig", "cni.dev/valid-attachments")
+VALIDATED_DIR = ".validated"  # container IDs never start with a dot
 
 
 @dataclass(frozen=True)
@@ -69,11 +77,69 @@ def _byte_length_errors(raw: dict[str, Any]) -> list[str]:
     ]
 
 
-def parse(raw: dict[str, Any]) -> Config:
-    """Validate the plugin's keys and build the Config; unknown keys are ignored, as CNI requires."""
-    errors = schema_errors(raw)
+def _attachment_errors(raw: dict[str, Any]) -> list[str]:
+    """What the schema says of the per-attachment keys, checked without jsonschema."""
+    errors = []
+    for key in ("prevResult", "runtimeConfig"):
+        if key in raw and not isinstance(raw[key], dict):
+            errors.append(f"$.{key}: {raw[key]!r} is not of type 'object'")
+    runtime = raw.get("runtimeConfig")
+    if isinstance(runtime, dict):
+        path = runtime.get("CNIDeviceInfoFile")
+        if "CNIDeviceInfoFile" in runtime and not (isinstance(path, str) and _is_abs_path(path)):
+            errors.append(f"$.runtimeConfig.CNIDeviceInfoFile: {path!r} is not an absolute path")
+        if "deviceID" in runtime and not isinstance(runtime["deviceID"], str):
+            errors.append(f"$.runtimeConfig.deviceID: {runtime['deviceID']!r} is not of type 'string'")
+    valid = raw.get("cni.dev/valid-attachments")
+    if "cni.dev/valid-attachments" in raw and not (
+        isinstance(valid, list)
+        and all(
+            isinstance(a, dict) and isinstance(a.get("containerID"), str) and isinstance(a.get("ifname"), str)
+            for a in valid
+        )
+    ):
+        errors.append("$['cni.dev/valid-attachments']: not a list of {containerID, ifname} strings")
+    return errors
+
+
+def _is_abs_path(path: str) -> bool:
+    return path.startswith("/") and "\0" not in path
+
+
+def _digest_path(raw: dict[str, Any]) -> str | None:
+    """Where the fact "this config is valid" is kept, or None when dataDir is not usable for it."""
+    data_dir = raw.get("dataDir", DEFAULT_DATA_DIR)
+    if not isinstance(data_dir, str) or not _is_abs_path(data_dir):
+        return None
+    static = {key: value for key, value in raw.items() if key not in PER_ATTACHMENT_KEYS}
+    text = __version__ + json.dumps(static, sort_keys=True, separators=(",", ":"))
+    return os.path.join(data_dir, VALIDATED_DIR, hashlib.sha256(text.encode()).hexdigest())
+
+
+def _remember_valid(path: str) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except OSError:
+        pass  # only a cache: the next run validates again
+
+
+def validate(raw: dict[str, Any]) -> None:
+    """Raise code 7 naming every offending key; jsonschema runs only for a config not seen before."""
+    remembered = _digest_path(raw)
+    if remembered and os.path.exists(remembered):
+        errors = _attachment_errors(raw)
+    else:
+        errors = schema_errors(raw)
+        if not errors and remembered:
+            _remember_valid(remembered)
     if errors:
         raise CniError(ERR_INVALID_CONFIG, "invalid deviceid-inject config: " + "; ".join(errors))
+
+
+def parse(raw: dict[str, Any]) -> Config:
+    """Validate the plugin's keys and build the Config; unknown keys are ignored, as CNI requires."""
+    validate(raw)
     runtime = raw.get("runtimeConfig") or {}
     valid = raw.get("cni.dev/valid-attachments")
     return Config(
