@@ -7,6 +7,7 @@ from conftest import SYSFS
 
 from deviceid_inject import discovery, vftable
 from deviceid_inject.discovery import Clues, Host
+from deviceid_inject.pci import SysfsPci
 from deviceid_inject.protocol import CniError
 
 
@@ -149,3 +150,15 @@ def test_real_netlink_source_finds_no_vf_on_this_machine():
     )
     assert found.device is None
     assert "no VF with mac 02:aa:00:00:00:0c on eth0" in found.explain()
+
+
+def test_a_legacy_pf_never_reads_its_virtfn_links(monkeypatch):
+    # Finding a VF's index walks the PF's virtfn links: only switchdev PFs (with representors) may pay that.
+    def walk(self, pf, vf):
+        raise AssertionError("vf_index walked the virtfn links of a PF without representors")
+
+    monkeypatch.setattr(SysfsPci, "vf_index", walk)
+    found = discovery.discover(Clues(ifname="net1"), host("vf-iavf"))
+    assert found.device.representor_device is None
+    with pytest.raises(AssertionError, match="vf_index walked"):
+        discovery.discover(Clues(ifname="net1"), host("switchdev"))

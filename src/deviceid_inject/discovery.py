@@ -207,15 +207,11 @@ def enrich(address: str, strategy: str, host: Host) -> Device:
     """Add what the PCI tree knows: the PF, the RDMA device, the switchdev representor, vhost-net."""
     pci = host.pci
     pf = pci.physfn(address)
-    representor = None
-    if pf is not None:
-        index = pci.vf_index(pf, address)
-        representor = pci.representor(pf, index) if index is not None else None
     return Device(
         pci_address=address,
         strategy=strategy,
         pf_pci_address=pf,
         rdma_device=pci.rdma_device(address),
-        representor_device=representor,
+        representor_device=pci.representor(pf, address) if pf else None,
         vhost_net=host.vhost_net if host.vhost_net and os.path.exists(host.vhost_net) else None,
     )

@@ -88,22 +88,22 @@ class SysfsPci:
     def netdev_attr(self, address: str, netdev: str, attr: str) -> str | None:
         return self._read(os.path.join(self.path(address), "net", netdev, attr))
 
-    def representor(self, pf: str, vf_index: int) -> str | None:
-        """The switchdev representor of VF `vf_index`: a netdev under the PF whose
-        phys_port_name is pf<P>vf<N> and whose phys_switch_id is the PF uplink's."""
+    def representor(self, pf: str, vf: str) -> str | None:
+        """The switchdev representor of `vf`: a netdev under the PF whose phys_port_name is
+        pf<P>vf<N>, N being the VF's index, and whose phys_switch_id is the PF uplink's.
+
+        Only a PF that has representors at all pays for finding the VF's index, which means
+        reading its virtfn links: on legacy SR-IOV the cost stays flat in the number of VFs."""
         ports = {name: self.netdev_attr(pf, name, "phys_port_name") or "" for name in self.netdevs(pf)}
+        representors = {name: int(m.group(2)) for name, p in ports.items() if (m := _REPRESENTOR_PORT.match(p))}
+        if not representors:
+            return None
         uplink_switch_ids = {
-            self.netdev_attr(pf, name, "phys_switch_id")
-            for name, port in ports.items()
-            if not _REPRESENTOR_PORT.match(port)
+            self.netdev_attr(pf, name, "phys_switch_id") for name in ports if name not in representors
         } - {None, ""}
-        for name, port in ports.items():
-            match = _REPRESENTOR_PORT.match(port)
-            if (
-                match
-                and int(match.group(2)) == vf_index
-                and self.netdev_attr(pf, name, "phys_switch_id") in uplink_switch_ids
-            ):
+        index = self.vf_index(pf, vf)
+        for name, vf_index in representors.items():
+            if vf_index == index and self.netdev_attr(pf, name, "phys_switch_id") in uplink_switch_ids:
                 return name
         return None
 
