@@ -1,0 +1,261 @@
+/*
+ * deviceid-inject's one-file launcher.
+ *
+ * The shipped /opt/cni/bin/deviceid-inject is this small program with a Nuitka standalone
+ * folder appended (see pack.py for the layout). On each run it makes sure the folder is
+ * unpacked, complete, under <cache root>/<build id>/, then execs the real program there,
+ * so only one process stays resident and start-up is that of the standalone folder.
+ *
+ * Why not Nuitka's own onefile mode: its cached mode rewrites the cache files in place
+ * without a lock, and concurrent first runs (several pods at once) die with SIGBUS.
+ * Here a folder is unpacked into a private temporary name and renamed into place: rename
+ * is atomic, so a reader finds a whole folder or none, and the loser of a race drops its
+ * copy and uses the winner's. A damaged folder (a file missing or of the wrong size) is
+ * moved aside and unpacked again.
+ *
+ * The cache root (default /var/cache/deviceid-inject, or $DEVICEID_INJECT_CACHE) must be a
+ * real directory owned by us and writable by nobody else, or we refuse to exec from it:
+ * this runs as root. Failures print one CNI error object on stdout (code 5) and exit 1.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#define MAGIC "DIDINJ\0\1"
+#define TRAILER_SIZE 80
+#define ENTRY "deviceid-inject"
+#define DEFAULT_CACHE "/var/cache/deviceid-inject"
+
+struct trailer {
+    char magic[8];
+    uint64_t offset; /* where the records start */
+    uint64_t length; /* bytes of records */
+    char build_id[56]; /* NUL-terminated, [0-9a-f] only */
+};
+
+struct record {
+    char type; /* 'f' file, 'l' symlink */
+    uint32_t mode;
+    char path[4096];
+    uint64_t size;
+    uint64_t data; /* offset of the data in the executable */
+};
+
+static void fail(const char *what, const char *detail, int err)
+{
+    /* stdout is the CNI protocol channel: one error object, nothing else. */
+    char msg[8192];
+    snprintf(msg, sizeof msg, "deviceid-inject launcher: %s %s: %s", what, detail, err ? strerror(err) : "invalid");
+    printf("{\"cniVersion\": \"1.1.0\", \"code\": 5, \"msg\": \"");
+    for (const char *c = msg; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            putchar('\\');
+        if ((unsigned char)*c >= 0x20)
+            putchar(*c);
+    }
+    printf("\", \"details\": \"\"}\n");
+    fprintf(stderr, "%s\n", msg);
+    exit(1);
+}
+
+static int read_at(int fd, void *buf, size_t len, uint64_t off)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+        if (n <= 0)
+            return -1;
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+/* Read the record at *pos, advance *pos past its data. Returns 0, or -1 on a bad payload. */
+static int next_record(int fd, const struct trailer *t, uint64_t *pos, struct record *r)
+{
+    unsigned char head[17];
+    uint32_t path_len;
+    if (*pos + sizeof head > t->offset + t->length || read_at(fd, head, sizeof head, *pos) < 0)
+        return -1;
+    r->type = (char)head[0];
+    memcpy(&r->mode, head + 1, 4);
+    memcpy(&path_len, head + 5, 4);
+    memcpy(&r->size, head + 9, 8);
+    if (path_len == 0 || path_len >= sizeof r->path || (r->type != 'f' && r->type != 'l'))
+        return -1;
+    if (read_at(fd, r->path, path_len, *pos + sizeof head) < 0)
+        return -1;
+    r->path[path_len] = '\0';
+    if (r->path[0] == '/' || strstr(r->path, "..") != NULL)
+        return -1;
+    r->data = *pos + sizeof head + path_len;
+    *pos = r->data + r->size;
+    return *pos <= t->offset + t->length ? 0 : -1;
+}
+
+/* Whether dir holds every file of the payload with the right size. */
+static int complete(int fd, const struct trailer *t, const char *dir)
+{
+    uint64_t pos = t->offset;
+    struct record r;
+    char path[8192];
+    struct stat st;
+    while (pos < t->offset + t->length) {
+        if (next_record(fd, t, &pos, &r) < 0)
+            return 0;
+        snprintf(path, sizeof path, "%s/%s", dir, r.path);
+        if (lstat(path, &st) < 0)
+            return 0;
+        if (r.type == 'f' && (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != r.size))
+            return 0;
+        if (r.type == 'l' && !S_ISLNK(st.st_mode))
+            return 0;
+    }
+    return 1;
+}
+
+static void make_parents(const char *dir, const char *rel)
+{
+    char path[8192];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    for (char *slash = path + strlen(dir) + 1; (slash = strchr(slash, '/')) != NULL; slash++) {
+        *slash = '\0';
+        if (mkdir(path, 0755) < 0 && errno != EEXIST)
+            fail("cannot create", path, errno);
+        *slash = '/';
+    }
+}
+
+static void copy_out(int fd, const struct record *r, const char *dest)
+{
+    char buf[1 << 16];
+    uint64_t left = r->size, off = r->data;
+    int out = open(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, r->mode & 0755);
+    if (out < 0)
+        fail("cannot create", dest, errno);
+    while (left > 0) {
+        size_t chunk = left < sizeof buf ? (size_t)left : sizeof buf;
+        if (read_at(fd, buf, chunk, off) < 0)
+            fail("cannot read the payload for", dest, EIO);
+        for (size_t done = 0; done < chunk;) {
+            ssize_t n = write(out, buf + done, chunk - done);
+            if (n < 0)
+                fail("cannot write", dest, errno);
+            done += (size_t)n;
+        }
+        left -= chunk;
+        off += chunk;
+    }
+    if (close(out) < 0)
+        fail("cannot write", dest, errno);
+}
+
+static void unpack(int fd, const struct trailer *t, const char *dir)
+{
+    uint64_t pos = t->offset;
+    struct record r;
+    char path[8192], target[4096];
+    while (pos < t->offset + t->length) {
+        if (next_record(fd, t, &pos, &r) < 0)
+            fail("damaged payload in", "/proc/self/exe", 0);
+        make_parents(dir, r.path);
+        snprintf(path, sizeof path, "%s/%s", dir, r.path);
+        if (r.type == 'f') {
+            copy_out(fd, &r, path);
+        } else {
+            if (r.size >= sizeof target || read_at(fd, target, r.size, r.data) < 0)
+                fail("damaged payload in", "/proc/self/exe", 0);
+            target[r.size] = '\0';
+            if (symlink(target, path) < 0)
+                fail("cannot create", path, errno);
+        }
+    }
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void remove_tree(const char *path)
+{
+    nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* The cache root must be a real directory, ours, writable by nobody else. */
+static void check_root(const char *root)
+{
+    struct stat st;
+    if (mkdir(root, 0755) < 0 && errno != EEXIST)
+        fail("cannot create the cache folder", root, errno);
+    if (lstat(root, &st) < 0)
+        fail("cannot inspect the cache folder", root, errno);
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022))
+        fail("refusing the cache folder (not a directory of ours, or writable by others)", root, 0);
+}
+
+/* Unpack into a private temporary folder, then rename it into place. */
+static void install(int fd, const struct trailer *t, const char *root, const char *dir)
+{
+    char tmp[4096], aside[4096];
+    snprintf(tmp, sizeof tmp, "%s/.tmp-%s-XXXXXX", root, t->build_id);
+    if (mkdtemp(tmp) == NULL)
+        fail("cannot create a folder in", root, errno);
+    chmod(tmp, 0755);
+    unpack(fd, t, tmp);
+    if (access(dir, F_OK) == 0 && !complete(fd, t, dir)) {
+        /* Damaged: move it aside (running programs keep their open files), then replace it. */
+        snprintf(aside, sizeof aside, "%s/.old-%s-%d", root, t->build_id, (int)getpid());
+        if (rename(dir, aside) == 0)
+            remove_tree(aside);
+    }
+    if (rename(tmp, dir) < 0) {
+        int err = errno;
+        remove_tree(tmp);
+        /* Another run won the race: its folder is whole, ours is not needed. */
+        if ((err != EEXIST && err != ENOTEMPTY) || !complete(fd, t, dir))
+            fail("cannot move the unpacked folder into", dir, err);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    struct trailer t;
+    struct stat st;
+    char dir[4096], exe[8192];
+    int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < TRAILER_SIZE)
+        fail("cannot read", "/proc/self/exe", errno);
+    if (read_at(fd, &t, sizeof t, (uint64_t)st.st_size - TRAILER_SIZE) < 0 || memcmp(t.magic, MAGIC, 8) != 0)
+        fail("no payload in", "/proc/self/exe", 0);
+    t.build_id[sizeof t.build_id - 1] = '\0';
+    if (t.build_id[0] == '\0' || strspn(t.build_id, "0123456789abcdef") != strlen(t.build_id))
+        fail("bad build id in", "/proc/self/exe", 0);
+
+    const char *root = getenv("DEVICEID_INJECT_CACHE");
+    if (root == NULL || root[0] != '/' || strlen(root) > 2048)
+        root = DEFAULT_CACHE;
+    check_root(root);
+    snprintf(dir, sizeof dir, "%s/%s", root, t.build_id);
+    snprintf(exe, sizeof exe, "%s/%s", dir, ENTRY);
+    if (!complete(fd, &t, dir))
+        install(fd, &t, root, dir);
+    close(fd);
+    execv(exe, argv);
+    fail("cannot run", exe, errno);
+    return 1;
+}

@@ -1,0 +1,118 @@
+"""The one-file launcher (packaging/launcher.c + pack.py), with a small stand-in program as payload.
+
+Built here with the host's gcc, so the unpack-and-exec logic is tested without a Nuitka build;
+the suite run against the real binary (DEVICEID_INJECT_EXE) covers the real payload.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the launcher")
+BUILD_ID = "0123456789abcdef0123"
+PROGRAM = """#!/bin/sh
+# stands in for the Nuitka program: proves args, stdin, exit code and its own data files arrive
+echo "args:$*"
+echo "stdin:$(cat)"
+echo "data:$(cat "$(dirname "$0")/lib/data.txt")"
+exit "${EXIT_WITH:-0}"
+"""
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("launcher") / "launcher"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(REPO / "packaging/launcher.c")], check=True)
+    return str(out)
+
+
+@pytest.fixture
+def binary(tmp_path, launcher) -> str:
+    folder = tmp_path / "folder"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "deviceid-inject").write_text(PROGRAM)
+    (folder / "deviceid-inject").chmod(0o755)
+    (folder / "lib" / "data.txt").write_text("schema-ok")
+    (folder / "lib" / "big.bin").write_bytes(os.urandom(3 << 20))
+    out = tmp_path / "deviceid-inject"
+    subprocess.run(
+        [sys.executable, str(REPO / "packaging/pack.py"), launcher, str(folder), BUILD_ID, str(out)], check=True
+    )
+    return str(out)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+def run(binary: str, cache, *args: str, stdin: str = "in", **env: str) -> subprocess.CompletedProcess:
+    environ = {"PATH": "/usr/bin:/bin", "DEVICEID_INJECT_CACHE": str(cache), **env}
+    return subprocess.run([binary, *args], input=stdin, env=environ, capture_output=True, text=True, timeout=60)
+
+
+def test_runs_the_payload_with_args_stdin_and_exit_code(binary, cache):
+    proc = run(binary, cache, "a", "b c", EXIT_WITH="3")
+    assert proc.returncode == 3
+    assert proc.stdout.splitlines() == ["args:a b c", "stdin:in", "data:schema-ok"]
+    unpacked = cache / BUILD_ID
+    assert stat.S_IMODE(unpacked.stat().st_mode) == 0o755
+    assert stat.S_IMODE((unpacked / "deviceid-inject").stat().st_mode) == 0o755
+    assert sorted(os.listdir(cache)) == [BUILD_ID]
+
+
+def test_concurrent_first_runs_all_succeed_and_leave_one_folder(binary, cache):
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        runs = list(pool.map(lambda i: run(binary, cache, str(i)), range(40)))
+    assert [r.returncode for r in runs] == [0] * 40
+    assert all(r.stdout.splitlines()[2] == "data:schema-ok" for r in runs)
+    assert sorted(os.listdir(cache)) == [BUILD_ID], "no temporary folder may be left behind"
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "half-unpacked"])
+def test_a_damaged_cache_is_unpacked_again(binary, cache, damage):
+    assert run(binary, cache).returncode == 0
+    big = cache / BUILD_ID / "lib" / "big.bin"
+    if damage == "delete":
+        big.unlink()
+    elif damage == "truncate":
+        big.write_bytes(big.read_bytes()[: 1 << 20])
+    else:  # as if a run had been killed mid-unpack: a stray temporary folder, the real one incomplete
+        (cache / f".tmp-{BUILD_ID}-abcdef").mkdir()
+        shutil.rmtree(cache / BUILD_ID / "lib")
+    proc = run(binary, cache)
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.splitlines()[2] == "data:schema-ok"
+    assert big.stat().st_size == 3 << 20
+
+
+@pytest.mark.parametrize("unsafe", ["world-writable", "symlink", "file"])
+def test_an_unsafe_cache_folder_is_refused_with_a_cni_error(binary, cache, tmp_path, unsafe):
+    if unsafe == "world-writable":
+        cache.mkdir(mode=0o777)
+        cache.chmod(0o777)
+    elif unsafe == "symlink":
+        (tmp_path / "real").mkdir()
+        cache.symlink_to(tmp_path / "real")
+    else:
+        cache.write_text("")
+    proc = run(binary, cache)
+    assert proc.returncode == 1
+    error = json.loads(proc.stdout)
+    assert error["code"] == 5
+    assert str(cache) in error["msg"]
+
+
+def test_a_launcher_without_payload_says_so(launcher, cache):
+    proc = run(launcher, cache)
+    assert proc.returncode == 1
+    assert "no payload" in json.loads(proc.stdout)["msg"]
