@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import pytest
 from conftest import prev_result, run_plugin
 
+from deviceid_inject import commands, vftable
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
 
 FALLBACK = "cni/n6-dpdk-ctr-1_net1"
@@ -309,3 +311,35 @@ def test_logs_go_to_the_log_file_and_stderr_never_stdout(make_config, tmp_path):
     assert "netdev sysfs: found 0000:3b:02.3" in log.read_text()
     assert "netdev sysfs: found 0000:3b:02.3" in run.stderr
     assert json.loads(run.stdout)["interfaces"][0]["pciID"] == "0000:3b:02.3"
+
+
+@pytest.mark.parametrize(
+    ("sysfs", "mac", "pci"),
+    [
+        ("vf-iavf", None, {"pci-address": "0000:3b:02.3", "pf-pci-address": "0000:3b:00.0"}),
+        (
+            "mlx5-rdma",
+            None,
+            {"pci-address": "0001:af:01.2", "pf-pci-address": "0001:af:00.0", "rdma-device": "mlx5_4"},
+        ),
+        (
+            "switchdev",
+            None,
+            {"pci-address": "0000:5e:02.2", "pf-pci-address": "0000:5e:00.0", "representor-device": "ens3f0r10"},
+        ),
+        ("dpdk", "02:aa:00:00:00:0c", {"pci-address": "0000:3b:02.4", "pf-pci-address": "0000:3b:00.0"}),
+        ("virtio", None, {"pci-address": "0000:00:03.0"}),
+    ],
+)
+def test_every_shape_yields_its_device_info_and_pciid(make_config, roots, monkeypatch, sysfs, mac, pci):
+    """In-process, so the netlink VF table can be replaced at its one seam for the DPDK VF."""
+    monkeypatch.setattr(vftable, "netlink_tables", lambda pfs: [vftable.VfEntry("ens1f0", 12, "02:aa:00:00:00:0c")])
+    ifname = "eth0" if sysfs == "virtio" else "net1"
+    prev = prev_result(ifname=ifname, mac=mac or "02:00:00:00:00:01")
+    environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr-1", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": ifname}
+    stdin = io.BytesIO(json.dumps(make_config(sysfs=sysfs, prev=prev)).encode())
+    stdout, stderr = io.StringIO(), io.StringIO()
+    assert commands.run(environ, stdin, stdout, stderr) == 0, stdout.getvalue()
+    assert json.loads(stdout.getvalue())["interfaces"][0]["pciID"] == pci["pci-address"]
+    written = read(roots["devinfo"] / f"cni/n6-dpdk-ctr-1_{ifname}")
+    assert written == {"type": "pci", "version": "1.1.0", "pci": pci}
