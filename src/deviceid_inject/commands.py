@@ -26,8 +26,9 @@ def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
     iface = pick_interface(result, env.ifname)
     host = _host(config, env, log)
     found = discovery.discover(_clues(config, iface, env.ifname), host)
-    for attempt in found.attempts:
-        log.debug(f"{attempt.strategy}: {attempt.outcome}")
+    if log.enabled("debug"):
+        for attempt in found.attempts:
+            log.debug(f"{attempt.strategy}: {attempt.outcome}")
     store = Store(config.data_dir)
     if found.device is None:
         if config.required:
@@ -37,7 +38,8 @@ def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
             store.save(_record(env, config, None, None, created=False))
         return result
     device = found.device
-    log.info(f"{env.ifname} is {device.pci_address} (by {device.strategy}); {_describe(host, device)}")
+    if log.enabled("info"):  # describing the function asks libudev's hwdb: only when it is logged
+        log.info(f"{env.ifname} is {device.pci_address} (by {device.strategy}); {_describe(host, device)}")
     target = deviceinfo.target(
         config.device_info_root, config.runtime_device_info_file, config.name, env.container_id, env.ifname
     )

@@ -34,6 +34,9 @@ class Log:
             self.file.close()
             self.file = None
 
+    def enabled(self, level: str) -> bool:
+        return LEVELS[level] >= self.threshold
+
     def error(self, msg: str) -> None:
         self._emit("error", msg)
 
@@ -47,7 +50,7 @@ class Log:
         self._emit("debug", msg)
 
     def _emit(self, level: str, msg: str) -> None:
-        if LEVELS[level] < self.threshold:
+        if not self.enabled(level):
             return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         line = f"{stamp} deviceid-inject[{os.getpid()}] {level.upper()} {self.context}{msg}\n"
