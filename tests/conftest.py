@@ -86,6 +86,16 @@ def prev_result(version: str = "1.1.0", ifname: str = "net1", mac: str = "02:00:
     }
 
 
+@pytest.fixture(autouse=True)
+def no_validation_cache_on_the_host(monkeypatch):
+    """In-process parses of configs without dataDir would remember their validation under the
+    host's /var/lib/cni/deviceid-inject: tests never write there."""
+    from deviceid_inject import config
+
+    real = config._digest_path
+    monkeypatch.setattr(config, "_digest_path", lambda raw: real(raw) if "dataDir" in raw else None)
+
+
 @pytest.fixture
 def roots(tmp_path: Path) -> dict[str, Path]:
     return {"devinfo": tmp_path / "devinfo", "state": tmp_path / "state"}

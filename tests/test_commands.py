@@ -26,7 +26,7 @@ def all_files(root) -> list[str]:
 
 def records(state) -> list[str]:
     """The attachment records in dataDir, leaving out the lock and the validation cache."""
-    return [f for f in all_files(state) if f != "lock" and not f.startswith(".validated/")]
+    return [f for f in all_files(state) if f != ".lock" and not f.startswith(".validated/")]
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)

@@ -198,7 +198,7 @@ def test_attachments_skip_what_is_no_record(store: Store, data_dir: Path, tmp_pa
 def held_lock(store: Store, data_dir: Path):
     """Another run holding the store's lock, through its own open file description."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         yield fd
@@ -207,7 +207,7 @@ def held_lock(store: Store, data_dir: Path):
 
 
 def can_take_lock(data_dir: Path) -> bool:
-    fd = os.open(data_dir / "lock", os.O_RDWR)
+    fd = os.open(data_dir / ".lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -220,7 +220,7 @@ def can_take_lock(data_dir: Path) -> bool:
 def test_locked_creates_the_data_dir_and_lock_file(store: Store, data_dir: Path) -> None:
     with store.locked():
         assert not can_take_lock(data_dir)
-    assert stat.S_IMODE((data_dir / "lock").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data_dir / ".lock").stat().st_mode) == 0o600
 
 
 def test_contention_gives_try_again_after_the_timeout(store: Store, held_lock: int) -> None:

@@ -49,7 +49,11 @@ def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
         # The record goes first, so a DEL after a crash knows of the file it may find.
         created = ours_already or not os.path.lexists(target.path)
         store.save(_record(env, config, device, target.path, created))
-        deviceinfo.write(config.device_info_root, target.path, device, log)
+        try:
+            deviceinfo.write(config.device_info_root, target.path, device, log)
+        except CniError:
+            store.restore(env.container_id, env.ifname, previous)
+            raise
     if iface is None:
         log.warning(f"prevResult has no interface for {env.ifname}; pciID goes only into {target.path}")
     else:

@@ -103,7 +103,9 @@ def _attachment_errors(raw: dict[str, Any]) -> list[str]:
 
 
 def _is_abs_path(path: str) -> bool:
-    return path.startswith("/") and "\0" not in path
+    """What the schema's absPath says: absolute, no NUL, no '..' component (which would let
+    os.makedirs create folders outside a root the resolved path is inside of)."""
+    return path.startswith("/") and "\0" not in path and ".." not in path.split("/")
 
 
 def _digest_path(raw: dict[str, Any]) -> str | None:

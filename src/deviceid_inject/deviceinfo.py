@@ -20,7 +20,8 @@ from .log import Log
 SPEC_VERSION = "1.1.0"
 # Multus writes these files read-only; a rename replaces them all the same.
 FILE_MODE = 0o444
-_MAX_NAME_BYTES = 255
+# 255 bytes is the file-name limit; the temporary ".<name>.<pid>.tmp" needs 17 more.
+_MAX_NAME_BYTES = 255 - 17
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ def fallback_name(network: str, container_id: str, ifname: str) -> str:
     """`<network>-<containerID>_<ifname>`: the name Multus v3.7 gives, '/' made '-'.
 
     Unique per attachment because container ID and ifname are. A network name so long
-    that the whole would pass the 255-byte file-name limit is cut and given a digest; a
+    that the whole (with room for the writer's temporary name) would pass the 255-byte
+    file-name limit is cut and given a digest; a
     container ID that alone nearly fills it turns the name into `<digest>_<ifname>`.
     """
     network = network.replace("/", "-") or "unnamed"

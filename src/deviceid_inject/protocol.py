@@ -63,6 +63,9 @@ class Env:
 
 
 def parse_env(environ: Mapping[str, str]) -> Env:
+    for key in ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS"):
+        if not _is_utf8(environ.get(key, "")):
+            raise CniError(ERR_INVALID_ENV, f"{key} is not valid UTF-8")
     command = environ.get("CNI_COMMAND", "")
     if command not in COMMANDS:
         raise CniError(ERR_INVALID_ENV, f"CNI_COMMAND {command!r} is not one of {', '.join(COMMANDS)}")
@@ -87,6 +90,14 @@ def parse_env(environ: Mapping[str, str]) -> Env:
     if command in ("ADD", "CHECK"):
         _require(env.netns, "CNI_NETNS")
     return env
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # os.environ keeps undecodable bytes as lone surrogates
+        return False
+    return True
 
 
 def check_ifname(name: str, what: str) -> None:
@@ -126,12 +137,27 @@ def read_config(stream: BinaryIO) -> dict[str, Any]:
     if not text.strip():
         raise CniError(ERR_DECODE, "stdin is empty: the network config is missing")
     try:
-        config = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        config = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        # A lone surrogate (a "\\ud800" escape) decodes, but can never become a path or a name.
+        json.dumps(config, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as exc:  # ValueError: also an int over Python's digit limit
         raise CniError(ERR_DECODE, f"stdin is not valid JSON: {exc}") from None
+    except UnicodeEncodeError:
+        raise CniError(ERR_DECODE, "stdin holds a string that is not valid Unicode (a lone surrogate)") from None
     if not isinstance(config, dict):
         raise CniError(ERR_DECODE, f"the network config must be a JSON object, not {type(config).__name__}")
     return config
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} does not fit a float")
+    return value
 
 
 def version_at_least(version: str, floor: str) -> bool:
@@ -185,6 +211,6 @@ def _convert_ip(ip: Any, cni_version: str) -> Any:
 
 
 def write_json(out: TextIO, obj: Mapping[str, Any]) -> None:
-    out.write(json.dumps(obj, indent=4))
+    out.write(json.dumps(obj, indent=4, allow_nan=False))
     out.write("\n")
     out.flush()

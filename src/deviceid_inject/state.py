@@ -1,8 +1,9 @@
 """What ADD did, kept by container ID and ifname, so DEL, CHECK and GC work after the device has left.
 
 Layout: <dataDir>/<containerID>/<ifname>.json, one small JSON record per attachment,
-and <dataDir>/lock, the one lock every writer takes. Container IDs and ifnames are
-validated before they get here, so neither can climb out of dataDir.
+and <dataDir>/.lock, the one lock every writer takes. Container IDs and ifnames are
+validated before they get here, so neither can climb out of dataDir, and a container ID
+never starts with a dot, so no container's folder can meet .lock or .validated.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Store:
     def locked(self, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
         """Hold the store's lock; a busy node gets code 11 (try again) rather than a hang."""
         files.make_dirs(self.data_dir)
-        lock_path = os.path.join(self.data_dir, "lock")
+        lock_path = os.path.join(self.data_dir, ".lock")
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, STATE_MODE)
         except OSError as exc:
@@ -74,11 +75,26 @@ class Store:
     def save(self, record: Record) -> None:
         path = self.path(record.container_id, record.ifname)
         files.make_dirs(os.path.dirname(path))
-        files.write_json(path, asdict(record), STATE_MODE)
+        try:
+            files.write_json(path, asdict(record), STATE_MODE)
+        except CniError:
+            self._drop_empty_folder(path)
+            raise
 
     def forget(self, container_id: str, ifname: str) -> None:
         path = self.path(container_id, ifname)
         files.remove(path)
+        self._drop_empty_folder(path)
+
+    def restore(self, container_id: str, ifname: str, previous: Record | None) -> None:
+        """Put back what was there before a failed change: the previous record, or none."""
+        if previous is None:
+            self.forget(container_id, ifname)
+        else:
+            self.save(previous)
+
+    @staticmethod
+    def _drop_empty_folder(path: str) -> None:
         with contextlib.suppress(OSError):  # other ifnames of the container may still be there
             os.rmdir(os.path.dirname(path))
 
