@@ -1,0 +1,348 @@
+"""Shared helpers for the suites that drive deviceid-inject as a whole: real chains through cnitool
+(test_cnitool, test_load), faults (test_faults) and bad input (test_bad_input).
+
+- `impl`: every test that uses it runs against `python -m deviceid_inject` and, when
+  DEVICEID_INJECT_EXE is set, against that executable too. It points conftest's run_plugin
+  (which reads DEVICEID_INJECT_EXE at call time) at the implementation under test.
+- `cni_path`: a CNI_PATH with a `deviceid-inject` executable (a symlink to the executable, or a
+  tiny sh wrapper that execs this Python) followed by .tools/cni-bin (cnitool, host-device, tuning).
+- conflist templates in testdata/conflists/*.conflist, rendered with `${key}` placeholders.
+- `Cnitool`: runs cnitool in a private mount namespace with a scratch folder bound over
+  /var/lib/cni, so its result cache never touches the host's and `gc` could reach nothing else.
+- `host_veth`: veth pairs on the host for host-device to move into a pod netns; removed afterwards.
+- helpers that say what a device-info tree and a dataDir hold, and the CNI output contract.
+
+Test modules load this file with `pytest_plugins = ["chain"]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import signal
+import string
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from deviceid_inject.protocol import SUPPORTED_VERSIONS
+
+REPO = Path(__file__).resolve().parent.parent
+TESTDATA = REPO / "testdata"
+CONFLISTS = TESTDATA / "conflists"
+SYSFS = TESTDATA / "sysfs"
+CNI_BIN = REPO / ".tools" / "cni-bin"
+CNITOOL = CNI_BIN / "cnitool"
+
+# testdata/sysfs/vf-iavf: the pod's net1 is VF 11 (0000:3b:02.3) of the E810 PF 0000:3b:00.0.
+SYSFS_IAVF = SYSFS / "vf-iavf"
+NET1_PCI = "0000:3b:02.3"
+NET1_PF = "0000:3b:00.0"
+NET1_DEVICE_INFO = {"type": "pci", "version": "1.1.0", "pci": {"pci-address": NET1_PCI, "pf-pci-address": NET1_PF}}
+
+# Codes the README documents; 199 ("a bug of ours") is never acceptable.
+DOCUMENTED_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 11, 50, 100, 101, 102})
+OUTPUT_COMMANDS = ("ADD", "VERSION")  # the commands that print something on success
+
+
+def have_cni_tools() -> bool:
+    return all((CNI_BIN / name).is_file() for name in ("cnitool", "host-device", "tuning"))
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, mounts)")
+
+
+# --- the implementation under test -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Impl:
+    name: str  # "python" or "exe"
+    command: tuple[str, ...]
+
+
+def implementations() -> list[Any]:
+    impls = [pytest.param("python", id="python")]
+    if os.environ.get("DEVICEID_INJECT_EXE"):
+        impls.append(pytest.param("exe", id="exe"))
+    return impls
+
+
+@pytest.fixture(params=implementations())
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Impl:
+    """The implementation under test; conftest's run_plugin follows it for the whole test."""
+    exe = os.environ.get("DEVICEID_INJECT_EXE")
+    if request.param == "exe":
+        assert exe
+        return Impl("exe", (exe,))
+    monkeypatch.delenv("DEVICEID_INJECT_EXE", raising=False)
+    return Impl("python", (sys.executable, "-m", "deviceid_inject"))
+
+
+@pytest.fixture
+def cni_path(impl: Impl, tmp_path: Path) -> str:
+    """CNI_PATH: a folder holding `deviceid-inject` for `impl`, then .tools/cni-bin."""
+    folder = tmp_path / "plugin-bin"
+    folder.mkdir()
+    plugin = folder / "deviceid-inject"
+    if impl.name == "exe":
+        plugin.symlink_to(impl.command[0])
+    else:
+        plugin.write_text(f'#!/bin/sh\nexec {shlex.join(impl.command)} "$@"\n')
+        plugin.chmod(0o755)
+    return f"{folder}:{CNI_BIN}"
+
+
+# --- conflists -----------------------------------------------------------------------------------
+
+
+def render_conflist(template: str, **values: Any) -> dict[str, Any]:
+    """testdata/conflists/<template>.conflist with each `${key}` replaced by `values[key]`
+    (JSON-escaped, so a value always stays one JSON string)."""
+    text = (CONFLISTS / f"{template}.conflist").read_text()
+    escaped = {key: json.dumps(str(value))[1:-1] for key, value in values.items()}
+    return json.loads(string.Template(text).substitute(escaped))
+
+
+def write_conflist(folder: Path, template: str, **values: Any) -> dict[str, Any]:
+    """Render a template into `folder` (a NETCONFPATH) as <name>.conflist; returns the conflist."""
+    conflist = render_conflist(template, **values)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{conflist['name']}.conflist").write_text(json.dumps(conflist, indent=2))
+    return conflist
+
+
+# --- cnitool -------------------------------------------------------------------------------------
+
+
+def cnitool_container_id(netns_path: str) -> str:
+    """The container ID cnitool v1.3.1 derives from the netns path (cnitool/cmd/root.go)."""
+    return "cnitool-" + hashlib.sha512(os.path.abspath(netns_path).encode()).hexdigest()[:20]
+
+
+def fallback_name(network: str, container_id: str, ifname: str = "net1") -> str:
+    """The documented device-info file name when Multus gives no path (short names only)."""
+    return f"{network.replace('/', '-')}-{container_id}_{ifname}"
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return strict_json(self.stdout)
+
+
+def run_in_group(
+    argv: list[str], env: Mapping[str, str], timeout: float, stdin: bytes = b""
+) -> tuple[int, bytes, bytes]:
+    """Run `argv` in a process group of its own; on a timeout the whole group (the plugins a runtime
+    started too) is killed before the error is raised."""
+    proc = subprocess.Popen(
+        argv,
+        env=dict(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(stdin, timeout=timeout)
+    except BaseException:
+        kill_group(proc)
+        raise
+    return proc.returncode, stdout, stderr
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group `proc` leads (it was started with start_new_session) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.kill()
+    proc.communicate()
+
+
+# cnitool has no flag or variable for its cache folder (libcni's /var/lib/cni): bind a scratch
+# folder over it in a private mount namespace that dies with the command.
+_ISOLATE = 'mount --bind "$1" /var/lib/cni && shift && exec "$@"'
+
+
+@dataclass
+class Cnitool:
+    cni_path: str
+    netconf_dir: Path
+    cache_dir: Path
+
+    def run(
+        self,
+        command: str,
+        network: str,
+        netns_path: str,
+        *,
+        ifname: str = "net1",
+        cap_args: Mapping[str, Any] | None = None,
+        cni_args: str | None = None,
+        timeout: float = 120,
+    ) -> Outcome:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_PATH": self.cni_path,
+            "NETCONFPATH": str(self.netconf_dir),
+            "CNI_IFNAME": ifname,
+        }
+        if os.environ.get("PYTHONPATH"):
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        if cap_args is not None:
+            env["CAP_ARGS"] = json.dumps(cap_args)
+        if cni_args is not None:
+            env["CNI_ARGS"] = cni_args
+        argv = [
+            "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", _ISOLATE, "sh", str(self.cache_dir),
+            str(CNITOOL), command, network, netns_path,
+        ]  # fmt: skip
+        code, stdout, stderr = run_in_group(argv, env, timeout)
+        out = Outcome(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+        assert "Traceback" not in out.stdout + out.stderr, out.stderr
+        return out
+
+    def cached_results(self) -> list[str]:
+        folder = self.cache_dir / "results"
+        return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+
+@pytest.fixture
+def cnitool(cni_path: str, tmp_path: Path) -> Cnitool:
+    if not have_cni_tools():
+        pytest.skip(f"cnitool and the reference plugins are not built in {CNI_BIN} (make setup)")
+    os.makedirs("/var/lib/cni", exist_ok=True)  # the bind mount's target; libcni's default cache
+    netconf = tmp_path / "net.d"
+    cache = tmp_path / "cni-cache"
+    netconf.mkdir()
+    cache.mkdir()
+    return Cnitool(cni_path, netconf, cache)
+
+
+# --- links and namespaces ------------------------------------------------------------------------
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+def link_exists(name: str, netns: str | None = None) -> bool:
+    argv = ["ip", *(["-n", netns] if netns else []), "link", "show", "dev", name]
+    return subprocess.run(argv, capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def host_veth() -> Iterator[Callable[[], tuple[str, str]]]:
+    """Make veth pairs on the host: (host end, end for host-device to move). Both go afterwards."""
+    made: list[str] = []
+
+    def make() -> tuple[str, str]:
+        token = uuid.uuid4().hex[:8]
+        host, peer = f"dth{token}", f"dtp{token}"
+        ip("link", "add", host, "type", "veth", "peer", "name", peer)
+        made.append(host)
+        return host, peer
+
+    try:
+        yield make
+    finally:
+        for host in made:  # deleting one end deletes both, wherever the other end is
+            subprocess.run(["ip", "link", "del", host], capture_output=True)
+
+
+# --- what the trees hold -------------------------------------------------------------------------
+
+
+def files_under(root: Path | str) -> list[str]:
+    """Every non-directory under `root`, relative, sorted (symlinks included)."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+        found += [os.path.relpath(os.path.join(folder, n), root) for n in names + links]
+    return sorted(found)
+
+
+def attachment_state(data_dir: Path | str) -> list[str]:
+    """What dataDir holds about attachments: everything but the lock and the validated-config cache."""
+    left = [f for f in files_under(data_dir) if f != ".lock" and not f.startswith(".validated/")]
+    left += [
+        os.path.relpath(os.path.join(folder, d), data_dir) + "/"
+        for folder, dirs, _ in os.walk(data_dir)
+        for d in dirs
+        if os.path.relpath(os.path.join(folder, d), data_dir) != ".validated"
+    ]
+    return sorted(left)
+
+
+def read_json(path: Path | str) -> Any:
+    with open(path, "rb") as f:
+        return strict_json(f.read().decode())
+
+
+# --- the CNI output contract ---------------------------------------------------------------------
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str) -> Any:
+    """json.loads that, like Go's encoding/json, refuses NaN, Infinity and -Infinity."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def contract_violations(command: str, code: int, stdout: str, stderr: str) -> list[str]:
+    """What is wrong with one plugin run's output by the CNI spec and the README; [] when nothing.
+
+    Success: exit 0, a result object (ADD) or version object (VERSION) on stdout, else nothing.
+    Failure: exit non-zero and exactly one error object {cniVersion, code, msg, details} with a
+    documented code. Never a traceback, never anything but strict JSON on stdout.
+    """
+    problems = []
+    if "Traceback" in stdout + stderr:
+        problems.append("a traceback leaked")
+    obj = None
+    if stdout.strip():
+        try:
+            obj = strict_json(stdout)
+        except ValueError as exc:
+            return [*problems, f"stdout is not one strict JSON value: {exc}"]
+        if not isinstance(obj, dict):
+            return [*problems, f"stdout holds a {type(obj).__name__}, not an object"]
+    if code == 0:
+        if command in OUTPUT_COMMANDS and obj is None:
+            problems.append(f"{command} succeeded without an object on stdout")
+        if command not in OUTPUT_COMMANDS and stdout.strip():
+            problems.append(f"{command} succeeded but printed {stdout[:200]!r}")
+        if obj is not None and command == "ADD" and not isinstance(obj.get("cniVersion"), str):
+            problems.append("the ADD result has no cniVersion")
+        if obj is not None and command == "VERSION" and obj.get("supportedVersions") != list(SUPPORTED_VERSIONS):
+            problems.append(f"VERSION lists {obj.get('supportedVersions')}")
+        return problems
+    if obj is None:
+        return [*problems, "failed without an error object on stdout"]
+    if set(obj) != {"cniVersion", "code", "msg", "details"}:
+        problems.append(f"error object has keys {sorted(obj)}")
+    if not isinstance(obj.get("code"), int) or obj.get("code") not in DOCUMENTED_CODES:
+        problems.append(f"error code {obj.get('code')!r} is not a documented one")
+    if not isinstance(obj.get("msg"), str) or not obj.get("msg"):
+        problems.append("error msg is empty")
+    if obj.get("cniVersion") not in SUPPORTED_VERSIONS:
+        problems.append(f"error cniVersion {obj.get('cniVersion')!r}")
+    return problems
