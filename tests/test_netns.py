@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shutil
@@ -10,6 +12,7 @@ import subprocess
 import pytest
 from conftest import prev_result, run_plugin
 
+from deviceid_inject import commands, udev
 from deviceid_inject import netns as pod_netns
 from deviceid_inject.pci import address_in_path
 
@@ -110,3 +113,19 @@ def test_add_check_del_with_a_device_id_in_a_real_netns(netns, veth_in, make_con
     subprocess.run(["ip", "netns", "del", os.path.basename(netns)], check=True)
     assert run_plugin("DEL", config, netns=netns).code == 0
     assert not any(roots["devinfo"].rglob("*-ctr-1_net1"))
+
+
+@pytest.mark.parametrize(("level", "asks_libudev"), [("warning", False), ("info", True), ("debug", True)])
+def test_libudev_is_loaded_only_when_the_log_shows_what_it_adds(make_config, monkeypatch, level, asks_libudev):
+    name, sysfs_address = host_pci_netdev()
+    calls = []
+    real = udev.real_host_pci
+    monkeypatch.setattr(udev, "real_host_pci", lambda log: calls.append(log) or real(log))
+    environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": HOST_NETNS, "CNI_IFNAME": name}
+    config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
+    out, err = io.StringIO(), io.StringIO()
+    assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
+    assert json.loads(out.getvalue())["interfaces"][0]["pciID"] == sysfs_address
+    assert bool(calls) == asks_libudev
+    if asks_libudev:
+        assert f"{name} is {sysfs_address}" in err.getvalue()

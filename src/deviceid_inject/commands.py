@@ -188,10 +188,19 @@ def _host(config: Config, env: Env, log: Log) -> discovery.Host:
     return discovery.Host(
         netns_path=env.netns,
         sysfs_root=config.sysfs_root,
-        pci=SysfsPci(config.sysfs_root) if config.sysfs_root else udev.real_host_pci(log),
+        pci=_pci_view(config, log),
         pf_names=config.pf_names,
         vhost_net=discovery.VHOST_NET if config.vhost_net else None,
     )
+
+
+def _pci_view(config: Config, log: Log) -> SysfsPci:
+    """A fixture tree is read as files. On a real host, libudev's view when the log will show
+    what it adds (hwdb names); at the default level /sys is read directly, since loading
+    libudev alone (pyudev runs `ldconfig -p` to find it) costs more than the rest of ADD."""
+    if config.sysfs_root:
+        return SysfsPci(config.sysfs_root)
+    return udev.real_host_pci(log) if log.enabled("info") else SysfsPci("/sys")
 
 
 def _describe(host: discovery.Host, device: discovery.Device) -> str:
