@@ -92,8 +92,8 @@ def no_validation_cache_on_the_host(monkeypatch):
     host's /var/lib/cni/deviceid-inject: tests never write there."""
     from deviceid_inject import config
 
-    real = config._digest_path
-    monkeypatch.setattr(config, "_digest_path", lambda raw: real(raw) if "dataDir" in raw else None)
+    real = config._validation_entry
+    monkeypatch.setattr(config, "_validation_entry", lambda raw: real(raw) if "dataDir" in raw else None)
 
 
 @pytest.fixture

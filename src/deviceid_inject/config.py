@@ -2,7 +2,7 @@
 
 jsonschema is the validator of record, but importing it costs more than a whole ADD,
 and every pod of a network sends the same plugin config. So a config that passed is
-remembered by the digest of its static part under <dataDir>/validated/ (root-owned,
+remembered by its static part under <dataDir>/.validated/ (root-owned,
 like the state), and jsonschema runs once per config and plugin version, not once per
 pod. The keys the runtime fills in per attachment (prevResult, runtimeConfig, the GC
 list) are left out of the digest and checked on every run by `_attachment_errors`.
@@ -10,13 +10,13 @@ list) are left out of the digest and checked on every run by `_attachment_errors
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from . import __version__, files
 from .protocol import ERR_INVALID_CONFIG, IFNAME_MAX_BYTES, CniError
 
 DEFAULT_DEVICE_INFO_ROOT = "/var/run/k8s.cni.cncf.io/devinfo"
@@ -108,33 +108,44 @@ def _is_abs_path(path: str) -> bool:
     return path.startswith("/") and "\0" not in path and ".." not in path.split("/")
 
 
-def _digest_path(raw: dict[str, Any]) -> str | None:
-    """Where the fact "this config is valid" is kept, or None when dataDir is not usable for it."""
+def _validation_entry(raw: dict[str, Any]) -> tuple[str, bytes] | None:
+    """Where the fact "this config is valid" is kept and what that file holds: the plugin version
+    and the canonical static config. The name is only a checksum; the content is compared in
+    full, so no collision can pass a config off as validated. None when dataDir is unusable."""
     data_dir = raw.get("dataDir", DEFAULT_DATA_DIR)
     if not isinstance(data_dir, str) or not _is_abs_path(data_dir):
         return None
     static = {key: value for key, value in raw.items() if key not in PER_ATTACHMENT_KEYS}
-    text = __version__ + json.dumps(static, sort_keys=True, separators=(",", ":"))
-    return os.path.join(data_dir, VALIDATED_DIR, hashlib.sha256(text.encode()).hexdigest())
+    text = (__version__ + "\n" + json.dumps(static, sort_keys=True, separators=(",", ":"))).encode()
+    return os.path.join(data_dir, VALIDATED_DIR, f"{zlib.crc32(text):08x}-{len(text)}"), text
 
 
-def _remember_valid(path: str) -> None:
+def _known_valid(entry: tuple[str, bytes]) -> bool:
+    path, text = entry
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
-    except OSError:
+        return files.read_bytes(path) == text
+    except CniError:  # a symlink or a folder there: not ours, so not trusted
+        return False
+
+
+def _remember_valid(entry: tuple[str, bytes]) -> None:
+    path, text = entry
+    try:
+        files.make_dirs(os.path.dirname(path))
+        files.write_bytes(path, text, 0o600)
+    except CniError:
         pass  # only a cache: the next run validates again
 
 
 def validate(raw: dict[str, Any]) -> None:
     """Raise code 7 naming every offending key; jsonschema runs only for a config not seen before."""
-    remembered = _digest_path(raw)
-    if remembered and os.path.exists(remembered):
+    entry = _validation_entry(raw)
+    if entry and _known_valid(entry):
         errors = _attachment_errors(raw)
     else:
         errors = schema_errors(raw)
-        if not errors and remembered:
-            _remember_valid(remembered)
+        if not errors and entry:
+            _remember_valid(entry)
     if errors:
         raise CniError(ERR_INVALID_CONFIG, "invalid deviceid-inject config: " + "; ".join(errors))
 

@@ -52,6 +52,17 @@ class NotJson(Exception):
 
 def read_json(path: str) -> Any:
     """The JSON in `path`, or None when there is no file. Refuses symlinks and non-files."""
+    data = read_bytes(path)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise NotJson(f"{path} does not hold JSON: {exc}") from None
+
+
+def read_bytes(path: str) -> bytes | None:
+    """What `path` holds, or None when there is no file. Refuses symlinks and non-files."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -65,13 +76,9 @@ def read_json(path: str) -> Any:
         raise CniError(ERR_INVALID_CONFIG, f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
         try:
-            data = f.read()
+            return f.read()
         except OSError as exc:
             raise io_error("read", path, exc) from None
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise NotJson(f"{path} does not hold JSON: {exc}") from None
 
 
 def _is_regular(fd: int) -> bool:
@@ -80,11 +87,15 @@ def _is_regular(fd: int) -> bool:
 
 def write_json(path: str, obj: Any, mode: int) -> None:
     """Replace `path` atomically with `obj` as JSON; the folder must exist."""
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode)
+
+
+def write_bytes(path: str, data: bytes, mode: int) -> None:
+    """Replace `path` atomically with `data`: a temporary file in the same folder, renamed over it."""
     folder, name = os.path.split(path)
     if os.path.isdir(path) and not os.path.islink(path):
         raise CniError(ERR_INVALID_CONFIG, f"{path} is a directory, not a file")
     tmp = os.path.join(folder, _temp_name(name))
-    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     except OSError as exc:

@@ -16,8 +16,8 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import struct
+from _socket import AF_INET, SOCK_DGRAM, socket  # not `socket`: its enum wrappers cost more than the query
 from dataclasses import dataclass
 
 CLONE_NEWNS = 0x00020000
@@ -134,8 +134,11 @@ def _ethtool_drvinfo(ifname: str) -> tuple[str, str, str | None]:
     buffer = (ctypes.c_char * _DRVINFO_SIZE).from_buffer(request)
     ifreq = struct.pack("16sP16x", ifname.encode(), ctypes.addressof(buffer))
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock = socket(AF_INET, SOCK_DGRAM)
+        try:
             fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+        finally:
+            sock.close()
     except OSError as exc:
         return "", "", f"ethtool query of {ifname} failed: {exc.strerror}"
     return _cstr(request[_DRIVER]), _cstr(request[_BUS_INFO]), None
