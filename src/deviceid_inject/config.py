@@ -14,10 +14,14 @@ import json
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 from . import __version__, files
 from .protocol import ERR_INVALID_CONFIG, IFNAME_MAX_BYTES, CniError
+
+# Names for annotations only: typing costs milliseconds to import on every ADD.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_DEVICE_INFO_ROOT = "/var/run/k8s.cni.cncf.io/devinfo"
 DEFAULT_DATA_DIR = "/var/lib/cni/deviceid-inject"

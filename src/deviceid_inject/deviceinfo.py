@@ -8,14 +8,18 @@ Either way nothing is written outside deviceInfoRoot.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from . import files
-from .discovery import Device
-from .log import Log
+
+# Names for annotations only: typing costs milliseconds to import on every ADD.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .discovery import Device
+    from .log import Log
 
 SPEC_VERSION = "1.1.0"
 # Multus writes these files read-only; a rename replaces them all the same.
@@ -49,6 +53,8 @@ def fallback_name(network: str, container_id: str, ifname: str) -> str:
 
 
 def _digest(text: str, length: int) -> str:
+    import hashlib  # only for names near the length limit: not worth its import on every ADD
+
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 

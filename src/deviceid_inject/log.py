@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TextIO
+
+# Names for annotations only: typing costs milliseconds to import on every ADD.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 LEVELS = {"error": 40, "warning": 30, "info": 20, "debug": 10}
 
