@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# Build dist/deviceid-inject: ONE executable for /opt/cni/bin that needs no Python on the node
+# and runs on any x86_64 Linux with glibc 2.31 or newer (Debian 11, Ubuntu 20.04, RHEL 9...).
+#
+#   ./build.sh                    build dist/deviceid-inject (and dist/build-info.txt)
+#   ./build.sh install [DESTDIR]  copy it to DESTDIR/opt/cni/bin/deviceid-inject (0755, by rename)
+#                                 and run it once with --version to unpack it into its cache
+#   ./build.sh hello              build .build/hello/deviceid-inject the same way from
+#                                 benchmarks/floor (stdin to stdout): the benchmark's floor
+#
+# How, in this order:
+#  1. A Debian bullseye root (glibc 2.31, python3.9, gcc, patchelf) made with debootstrap under
+#     .build/bullseye, cached: a marker file per stage, so a re-run skips what is done.
+#  2. A venv in that root with packaging/requirements-build.txt (Nuitka and the runtime
+#     dependencies, every package pinned), re-made only when that file changes.
+#  3. src/deviceid_inject copied to a build folder in the root (the repo is never written to),
+#     plus a generated _build.py (COMMIT, DATE, NUITKA, GLIBC) that `--version` prints.
+#  4. Nuitka --mode=standalone (a folder with the program and its libraries, patched by
+#     patchelf), then packaging/launcher.c compiled with the root's gcc, then packaging/pack.py
+#     appends the folder to the launcher. On the node the launcher unpacks the folder once,
+#     atomically, to /var/cache/deviceid-inject/<build id>/ and execs the program there.
+#     Nuitka's own onefile mode is not used: its cached mode SIGBUSes on concurrent first runs.
+#  5. The glibc floor (highest GLIBC_x.y symbol version) over every ELF that reaches the node:
+#     the launcher and every file of the folder. Above GLIBC_MAX the build fails.
+#
+# The build id (the cache folder's name on the node) is a digest of everything that goes into
+# the binary except the build date: the sources, the commit name, the venv's `pip freeze`, the
+# root's Debian package versions, this script, launcher.c, pack.py and the Nuitka flags. When
+# dist/ already holds a binary with the same build id, the build is skipped (FORCE=1 rebuilds).
+#
+# Needs root (debootstrap, chroot, mount) and a network path to the Debian mirror and PyPI;
+# debootstrap is installed with apt-get if missing. Everything that mounts runs inside
+# `unshare --mount` (a private mount namespace that dies with the process), with a trap that
+# unmounts too: nothing stays mounted on the host, even when the build fails or is killed.
+#
+# env: MIRROR=http://deb.debian.org/debian   the bullseye mirror
+#      GLIBC_MAX=2.31                        fail when the floor is higher
+#      LTO=no|yes                            yes: smaller code, a much slower link on 2 cores
+#      FORCE=1                               rebuild even when dist/ is up to date
+#      REBUILD_ROOT=1                        throw the cached bullseye root away first
+set -euo pipefail
+
+REPO=$(dirname "$(realpath "${BASH_SOURCE[0]}")")
+cd "$REPO"
+PKG=deviceid_inject
+SRC=src
+BIN=deviceid-inject
+BUILD=$REPO/.build
+ROOT=$BUILD/bullseye
+DIST=$REPO/dist
+if [ "${1:-}" = hello ]; then # the same pipeline for the benchmark's floor program
+  PKG=floor
+  SRC=benchmarks
+  DIST=$BUILD/hello
+  shift
+fi
+OUT=out-$PKG
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+GLIBC_MAX=${GLIBC_MAX:-2.31}
+LTO=${LTO:-no}
+APT_PKGS=python3,python3-venv,python3-dev,gcc,libc6-dev,make,patchelf,ccache,binutils,ca-certificates
+REQUIREMENTS=packaging/requirements-build.txt
+HOST_CA=${HOST_CA:-${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}}
+
+t0=$(date +%s)
+log() { printf '[build.sh +%4ss] %s\n' "$(($(date +%s) - t0))" "$*" >&2; }
+die() {
+  printf 'build.sh: %s\n' "$*" >&2
+  exit 1
+}
+
+# ---------------------------------------------------------------- install [DESTDIR]
+install_binary() {
+  local dest=${1:-} bin_dir tmp
+  [ -x "$DIST/$BIN" ] || die "no $DIST/$BIN: run ./build.sh first"
+  bin_dir=$dest/opt/cni/bin
+  mkdir -p "$bin_dir"
+  # a temporary name in the same folder, then rename: a runtime starting the plugin meanwhile
+  # finds the old file or the new one, never half a file; running copies keep their inode
+  tmp=$(mktemp "$bin_dir/.$BIN.XXXXXX")
+  trap 'rm -f "$tmp"' EXIT
+  cp "$DIST/$BIN" "$tmp"
+  chmod 0755 "$tmp"
+  mv -f "$tmp" "$bin_dir/$BIN"
+  trap - EXIT
+  echo "installed $bin_dir/$BIN"
+  if [ -n "$dest" ]; then
+    # staging an image: warm the cache that belongs to it, not this machine's
+    DEVICEID_INJECT_CACHE=$(realpath "$dest")/var/cache/$BIN
+    export DEVICEID_INJECT_CACHE
+    mkdir -p "$(dirname "$DEVICEID_INJECT_CACHE")"
+  fi
+  "$bin_dir/$BIN" --version
+}
+
+if [ "${1:-}" = install ]; then
+  install_binary "${2:-}"
+  exit 0
+fi
+[ $# -eq 0 ] || die "usage: ./build.sh | ./build.sh install [DESTDIR] | ./build.sh hello"
+[ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mount)"
+
+# ---------------------------------------------------------------- 1. the bullseye root (cached)
+if ! command -v debootstrap >/dev/null; then
+  log "apt-get install debootstrap (host)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+fi
+if [ "${REBUILD_ROOT:-0}" = 1 ]; then
+  log "REBUILD_ROOT=1: removing $ROOT"
+  rm -rf --one-file-system "$ROOT"
+fi
+if [ ! -f "$ROOT/.stage1-ok" ]; then
+  log "debootstrap bullseye -> $ROOT ($MIRROR)"
+  rm -rf --one-file-system "$ROOT"
+  mkdir -p "$BUILD"
+  # the compilers come in with --include: no apt-get run (and no mounts) on a cold root
+  debootstrap --variant=minbase --include="$APT_PKGS" bullseye "$ROOT" "$MIRROR" \
+    >"$BUILD/debootstrap.log" 2>&1 || {
+    tail -20 "$BUILD/debootstrap.log" >&2
+    die "debootstrap failed (whole log: $BUILD/debootstrap.log)"
+  }
+  rm -f "$ROOT"/var/cache/apt/archives/*.deb
+  echo "$APT_PKGS" >"$ROOT/.stage1-pkgs"
+  touch "$ROOT/.stage1-ok"
+fi
+
+# in_root CODE: run bash CODE as root inside the bullseye root, with a clean environment,
+# /proc and /dev mounted in a private mount namespace (gone when it exits; the trap unmounts too)
+in_root() {
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  unshare --mount --propagation private -- bash -euo pipefail -c '
+    root=$1 code=$2 ca=$3
+    cleanup() {
+      for m in "$root/dev" "$root/proc"; do
+        if mountpoint -q "$m"; then umount -l "$m"; fi
+      done
+    }
+    trap cleanup EXIT
+    mount -t proc proc "$root/proc"
+    mount --bind /dev "$root/dev"
+    cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+    # pip in the root trusts what this host trusts (a TLS-intercepting proxy, say)
+    cert=/etc/ssl/certs/ca-certificates.crt
+    if [ -f "$ca" ]; then
+      cp -L "$ca" "$root/etc/ssl/certs/build-host-ca.crt"
+      cert=/etc/ssl/certs/build-host-ca.crt
+    fi
+    chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
+      PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
+      PIP_CERT="$cert" SSL_CERT_FILE="$cert" \
+      PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
+      ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} \
+      ${no_proxy:+no_proxy=$no_proxy} \
+      /bin/bash -euo pipefail -c "$code"
+  ' in_root "$ROOT" "$1" "$HOST_CA"
+}
+
+# Debian packages added to APT_PKGS after the root was cached
+if [ "$(cat "$ROOT/.stage1-pkgs" 2>/dev/null)" != "$APT_PKGS" ]; then
+  log "apt-get install ${APT_PKGS//,/ } (root)"
+  in_root "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends ${APT_PKGS//,/ } >/dev/null && apt-get clean"
+  echo "$APT_PKGS" >"$ROOT/.stage1-pkgs"
+fi
+# the root's package versions (gcc, libc6, python3.9...) are part of the build id
+# shellcheck disable=SC2016 # a dpkg-query format
+chroot "$ROOT" dpkg-query -W -f '${Package}=${Version}\n' >"$BUILD/dpkg.txt"
+GLIBC=$(sed -n 's/^libc6=\([0-9]*\.[0-9]*\).*/\1/p' "$BUILD/dpkg.txt")
+[ -n "$GLIBC" ] || die "cannot tell the root's glibc version"
+
+# ---------------------------------------------------------------- 2. the venv (cached by its pins)
+VENV_KEY=$(cat "$REQUIREMENTS" "$BUILD/dpkg.txt" | sha256sum | cut -c1-16)
+if [ "$(cat "$ROOT/.stage2-key" 2>/dev/null)" != "$VENV_KEY" ]; then
+  log "venv in the root: $REQUIREMENTS"
+  rm -f "$ROOT/.stage2-key"
+  cp "$REQUIREMENTS" "$ROOT/tmp/requirements-build.txt"
+  in_root "
+    rm -rf /opt/venv
+    python3 -m venv /opt/venv
+    /opt/venv/bin/python -m pip install -q --upgrade pip
+    /opt/venv/bin/python -m pip install -q --no-deps -r /tmp/requirements-build.txt
+    /opt/venv/bin/python -m pip check
+    /opt/venv/bin/python -m pip freeze --exclude pip --exclude setuptools >/opt/venv/freeze.txt"
+  echo "$VENV_KEY" >"$ROOT/.stage2-key"
+fi
+NUITKA=$(sed -n 's/^[Nn]uitka==//p' "$ROOT/opt/venv/freeze.txt")
+
+# ---------------------------------------------------------------- 3. the sources, the build id
+STAGE=$ROOT/build # in the root as /build; $OUT keeps the last standalone folder until a rebuild
+rm -rf "$STAGE/src"
+mkdir -p "$STAGE/src"
+tar -C "$SRC" --exclude=__pycache__ --exclude='*.pyc' --exclude=_build.py -cf - "$PKG" | tar -C "$STAGE/src" -xf -
+cp packaging/launcher.c packaging/pack.py "$STAGE/"
+# for step 5, run in the root with its objdump: "GLIBC_x.y FILE" per ELF, its highest version
+cat >"$STAGE/glibc-versions.sh" <<'EOF'
+set -euo pipefail
+find "$@" -type f -print0 | while IFS= read -r -d '' f; do
+  [ "$(head -c 4 "$f" | od -An -c | tr -d ' ')" = '177ELF' ] || continue
+  v=$(objdump -T "$f" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
+  echo "${v:-none} ${f#/build/out-*/}"
+done | sort -V
+EOF
+
+if git -C "$REPO" rev-parse --verify -q HEAD >/dev/null 2>&1; then
+  COMMIT=$(git -C "$REPO" rev-parse --short HEAD)
+  # dirty: a change to a tracked file, or an untracked file among the build's inputs
+  if ! git -C "$REPO" diff --quiet HEAD -- ||
+    [ -n "$(git -C "$REPO" ls-files --others --exclude-standard -- "$SRC" packaging build.sh)" ]; then
+    COMMIT=$COMMIT-dirty
+  fi
+else
+  COMMIT=unknown
+fi
+
+FLAGS=(
+  --mode=standalone
+  --python-flag=-m      # compile the package as `python -m deviceid_inject` runs it
+  --python-flag=no_site # no site.py: faster, no site-packages on the node
+  --python-flag=isolated # ignore PYTHON* variables on the node
+  --include-package-data=deviceid_inject # schema.json
+  --nofollow-import-to='*.tests' --nofollow-import-to='*.test'
+  --nofollow-import-to=pyroute2.fixtures
+  --noinclude-pytest-mode=nofollow --noinclude-setuptools-mode=nofollow
+  --output-dir="/build/$OUT" --output-filename="$BIN"
+  --lto="$LTO" --assume-yes-for-downloads --quiet
+)
+# sqlite3 (and libsqlite3) stays in: pyroute2/__init__.py imports pyroute2.ndb, whose schema.py
+# imports sqlite3, so `from pyroute2 import IPRoute` fails without it (tried with
+# --nofollow-import-to=sqlite3). It would not lower the floor either: the program itself
+# (libpython, linked in) needs GLIBC_2.29, as libsqlite3 does.
+
+BUILD_ID=$({
+  (cd "$STAGE/src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+  echo "commit $COMMIT"
+  cat "$ROOT/opt/venv/freeze.txt" "$BUILD/dpkg.txt" build.sh packaging/launcher.c packaging/pack.py
+  printf '%s\n' "${FLAGS[@]}"
+} | sha256sum | cut -c1-24)
+
+if [ "${FORCE:-0}" != 1 ] && [ -x "$DIST/$BIN" ] &&
+  grep -qx "build-id: $BUILD_ID" "$DIST/build-info.txt" 2>/dev/null &&
+  grep -qx "sha256: $(sha256sum <"$DIST/$BIN" | cut -d' ' -f1)" "$DIST/build-info.txt"; then
+  log "up to date (build id $BUILD_ID; FORCE=1 rebuilds)"
+  cat "$DIST/build-info.txt"
+  exit 0
+fi
+
+# GLIBC is the root's glibc, the one the binary was built against: the highest floor it can
+# have. The floor itself can only be measured after the build (step 5, in build-info.txt).
+cat >"$STAGE/src/$PKG/_build.py" <<EOF
+"""Written by build.sh into the compiled binary only; cli.version_text() prints it."""
+
+COMMIT = "$COMMIT"
+DATE = "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+NUITKA = "$NUITKA"
+GLIBC = "$GLIBC"
+EOF
+
+# ---------------------------------------------------------------- 4. compile, launcher, pack
+log "nuitka standalone: commit $COMMIT, build id $BUILD_ID"
+FOLDER=/build/$OUT/$PKG.dist
+rm -rf "${STAGE:?}/$OUT"
+mkdir -p "$STAGE/$OUT"
+in_root "
+  export CCACHE_DIR=/root/.cache/ccache NUITKA_CACHE_DIR=/root/.cache/Nuitka
+  cd /build/$OUT
+  /opt/venv/bin/python -m nuitka $(printf '%q ' "${FLAGS[@]}") --jobs=$(nproc) /build/src/$PKG
+  test -x $FOLDER/$BIN
+  gcc -O2 -Wall -o /build/$OUT/launcher /build/launcher.c
+  python3 /build/pack.py /build/$OUT/launcher $FOLDER $BUILD_ID /build/$OUT/$BIN
+  bash /build/glibc-versions.sh /build/$OUT/launcher $FOLDER >/build/$OUT/glibc.txt"
+log "compiled"
+
+# ---------------------------------------------------------------- 5. glibc floor, dist/
+FLOOR=$(grep -v '^none ' "$STAGE/$OUT/glibc.txt" | tail -1 | cut -d' ' -f1)
+FLOOR=${FLOOR#GLIBC_}
+[ -n "$FLOOR" ] || die "no GLIBC symbol versions found: is objdump working?"
+log "glibc floor: $FLOOR (set by: $(grep "^GLIBC_$FLOOR " "$STAGE/$OUT/glibc.txt" | cut -d' ' -f2 | tr '\n' ' '))"
+if [ "$(printf '%s\n%s\n' "$FLOOR" "$GLIBC_MAX" | sort -V | tail -1)" != "$GLIBC_MAX" ]; then
+  cat "$STAGE/$OUT/glibc.txt" >&2
+  die "the binary needs glibc $FLOOR, more than GLIBC_MAX=$GLIBC_MAX"
+fi
+
+mkdir -p "$DIST"
+cp "$STAGE/$OUT/$BIN" "$DIST/.$BIN.tmp"
+chmod 0755 "$DIST/.$BIN.tmp"
+mv -f "$DIST/.$BIN.tmp" "$DIST/$BIN"
+{
+  echo "build-id: $BUILD_ID"
+  echo "commit: $COMMIT"
+  echo "nuitka: $NUITKA"
+  echo "python: $(sed -n 's/^libpython3.9=//p' "$BUILD/dpkg.txt") (Debian bullseye)"
+  echo "built-against-glibc: $GLIBC"
+  echo "glibc-floor: $FLOOR"
+  echo "files: $(find "$STAGE/$OUT/$PKG.dist" -type f | wc -l), unpacked $(du -sk "$STAGE/$OUT/$PKG.dist" | cut -f1) KiB"
+  echo "size: $(stat -c %s "$DIST/$BIN")"
+  echo "sha256: $(sha256sum <"$DIST/$BIN" | cut -d' ' -f1)"
+} >"$DIST/build-info.txt"
+cat "$DIST/build-info.txt"
+log "done: $DIST/$BIN (standalone folder kept in .build/bullseye/build/$OUT/$PKG.dist)"
