@@ -15,7 +15,7 @@ CNITOOL_VERSION="v1.3.1"        # github.com/containernetworking/cni: cnitool ha
 CNI_PLUGINS_VERSION="v1.10.0"   # github.com/containernetworking/plugins: supports CNI 0.1.0 .. 1.1.0;
                                 # its go.mod needs Go >= 1.26.8 (older local Go: GOTOOLCHAIN=auto fetches it)
 CNI_PLUGINS=(main/host-device meta/tuning)
-APT_PACKAGES=(iproute2 ethtool patchelf util-linux jq)
+APT_PACKAGES=(iproute2 ethtool patchelf util-linux jq time gcc)
 
 CNITOOL_PKG="github.com/containernetworking/cni/cnitool"
 CNI_PLUGINS_MOD="github.com/containernetworking/plugins"
