@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-python test-binary lint build bench clean
 
 setup: $(STAMP)
 	@bash scripts/install-tools.sh --no-smoke
@@ -21,11 +21,33 @@ demo: setup
 	@bash scripts/demo.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests testdata
-	$(VENV)/bin/ruff format --check src tests testdata
+	$(VENV)/bin/ruff check src tests testdata benchmarks packaging
+	$(VENV)/bin/ruff format --check src tests testdata benchmarks packaging
 
-test: setup lint
+# The whole suite: lint, every test against `python -m deviceid_inject`, then the binary is
+# built and every test runs again against it, then the benchmark once in its quick mode.
+test: lint test-python test-binary bench-quick
+
+test-python: setup
 	$(PY) -m pytest
+
+# dist/deviceid-inject: the one-file binary for /opt/cni/bin, built in a cached Debian bullseye
+# root with Nuitka (see build.sh; skipped when dist/ is up to date). Needs root and the network.
+build:
+	./build.sh
+
+# The whole suite again, against the binary instead of `python -m deviceid_inject`.
+test-binary: setup build
+	DEVICEID_INJECT_EXE=$(CURDIR)/dist/deviceid-inject $(PY) -m pytest
+
+# ADD/CHECK/DEL medians against Go tuning and the Nuitka floor (benchmarks/bench.py).
+bench: setup build
+	./build.sh hello
+	$(PY) benchmarks/bench.py --out benchmarks/results.md
+
+bench-quick: setup build
+	./build.sh hello
+	$(PY) benchmarks/bench.py --quick
 
 clean:
 	rm -rf $(VENV) .tools .build dist
