@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: setup demo test test-python test-binary lint build bench clean
 
 setup: $(STAMP)
-	@bash scripts/install-tools.sh --no-smoke
+	@bash scripts/install-tools.sh
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
