@@ -24,6 +24,19 @@ SYSFS = TESTDATA / "sysfs"
 sys.path.insert(0, str(TESTDATA))
 
 
+def host_pci_netdev() -> tuple[str, str]:
+    """A PCI-backed netdev of this host and its address, read straight from the host's sysfs."""
+    from deviceid_inject.pci import address_in_path
+
+    for name in sorted(os.listdir("/sys/class/net")):
+        device = f"/sys/class/net/{name}/device"
+        if os.path.exists(device):
+            address = address_in_path(os.path.realpath(device))
+            if address:
+                return name, address
+    pytest.skip("this host has no PCI-backed netdev")
+
+
 def plugin_command() -> list[str]:
     exe = os.environ.get("DEVICEID_INJECT_EXE")
     return [exe] if exe else [sys.executable, "-m", "deviceid_inject"]

@@ -10,11 +10,10 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import prev_result, run_plugin
+from conftest import host_pci_netdev, prev_result, run_plugin
 
 from deviceid_inject import commands, udev
 from deviceid_inject import netns as pod_netns
-from deviceid_inject.pci import address_in_path
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 HOST_NETNS = f"/proc/{os.getpid()}/ns/net"
@@ -23,17 +22,6 @@ HOST_NETNS = f"/proc/{os.getpid()}/ns/net"
 def mounts() -> str:
     with open("/proc/self/mountinfo") as f:
         return f.read()
-
-
-def host_pci_netdev() -> tuple[str, str]:
-    """A PCI-backed netdev of this host and its address, read straight from the host's sysfs."""
-    for name in sorted(os.listdir("/sys/class/net")):
-        device = f"/sys/class/net/{name}/device"
-        if os.path.exists(device):
-            address = address_in_path(os.path.realpath(device))
-            if address:
-                return name, address
-    pytest.skip("this host has no PCI-backed netdev")
 
 
 def test_a_veth_in_a_pod_netns_is_seen_there_and_is_not_pci(netns, veth_in, make_config):

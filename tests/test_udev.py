@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import os
 
-import pytest
+from conftest import host_pci_netdev
 
 from deviceid_inject import udev
 from deviceid_inject.log import Log
-from deviceid_inject.pci import SysfsPci, address_in_path
-
-
-def host_pci_netdev() -> tuple[str, str]:
-    for name in sorted(os.listdir("/sys/class/net")):
-        device = f"/sys/class/net/{name}/device"
-        if os.path.exists(device) and address_in_path(os.path.realpath(device)):
-            return os.path.realpath(device), address_in_path(os.path.realpath(device))
-    pytest.skip("this host has no PCI-backed netdev")
+from deviceid_inject.pci import SysfsPci
 
 
 def test_pci_parent_through_libudev_matches_the_sysfs_walk():
-    device_path, address = host_pci_netdev()
+    name, address = host_pci_netdev()
+    device_path = os.path.realpath(f"/sys/class/net/{name}/device")
     view = udev.UdevPci()
     assert view.pci_parent(device_path) == address
     assert view.pci_parent(os.path.join("/sys/bus/pci/devices", address)) == address
