@@ -57,9 +57,6 @@ class SysfsPci:
         """The PCI function a device path belongs to (itself, or a virtio device's parent)."""
         return address_in_path(device_path)
 
-    def exists(self, address: str) -> bool:
-        return os.path.isdir(self.path(address))
-
     def physfn(self, address: str) -> str | None:
         return self._linked_address(os.path.join(self.path(address), "physfn"))
 
