@@ -25,7 +25,7 @@ trap cleanup EXIT
 
 mkdir -p "$SCRATCH/bin" "$SCRATCH/net.d"
 if [[ -n "${DEVICEID_INJECT_EXE:-}" ]]; then
-    ln -s "$DEVICEID_INJECT_EXE" "$SCRATCH/bin/deviceid-inject"
+    ln -s "$(realpath "$DEVICEID_INJECT_EXE")" "$SCRATCH/bin/deviceid-inject"
 else
     printf '#!/bin/sh\nexec %q -m deviceid_inject "$@"\n' "$REPO/.venv/bin/python" > "$SCRATCH/bin/deviceid-inject"
     chmod +x "$SCRATCH/bin/deviceid-inject"
