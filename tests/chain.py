@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import passed_through
 
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
 
@@ -202,8 +203,7 @@ class Cnitool:
             "NETCONFPATH": str(self.netconf_dir),
             "CNI_IFNAME": ifname,
         }
-        if os.environ.get("PYTHONPATH"):
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        env.update(passed_through())
         if cap_args is not None:
             env["CAP_ARGS"] = json.dumps(cap_args)
         if cni_args is not None:

@@ -37,6 +37,30 @@ def host_pci_netdev() -> tuple[str, str]:
     pytest.skip("this host has no PCI-backed netdev")
 
 
+# Handed through to every plugin process: where the interpreter finds the package, and where
+# the binary's launcher unpacks (a folder of the test session's, not the host's /var/cache).
+PASSED_THROUGH = ("PYTHONPATH", "DEVICEID_INJECT_CACHE")
+
+
+def passed_through() -> dict[str, str]:
+    return {key: os.environ[key] for key in PASSED_THROUGH if os.environ.get(key)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def launcher_cache(tmp_path_factory):
+    """The binary's unpacked folder lives in the session's tmp dir and goes with it."""
+    if not os.environ.get("DEVICEID_INJECT_EXE") or os.environ.get("DEVICEID_INJECT_CACHE"):
+        yield
+        return
+    cache = tmp_path_factory.mktemp("launcher-cache")
+    cache.chmod(0o755)
+    os.environ["DEVICEID_INJECT_CACHE"] = str(cache)
+    try:
+        yield
+    finally:
+        del os.environ["DEVICEID_INJECT_CACHE"]
+
+
 def plugin_command() -> list[str]:
     exe = os.environ.get("DEVICEID_INJECT_EXE")
     return [exe] if exe else [sys.executable, "-m", "deviceid_inject"]
@@ -71,8 +95,7 @@ def run_plugin(
         "CNI_IFNAME": ifname,
         "CNI_PATH": "/opt/cni/bin",
     }
-    if os.environ.get("PYTHONPATH"):
-        environ["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    environ.update(passed_through())
     environ.update(env or {})
     environ = {k: v for k, v in environ.items() if v is not None}
     stdin = config if isinstance(config, bytes) else json.dumps(config or {}).encode()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import plugin_command, run_plugin
+from conftest import passed_through, plugin_command, run_plugin
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -384,8 +384,7 @@ def test_without_cni_command_the_executable_is_the_operator_tool(impl: Impl, mak
     """No CNI_COMMAND: not a plugin run but the operator's command line (no runtime does this).
     It must print usage on stderr, nothing on stdout, and touch nothing."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_CONTAINERID": "ctr-1", "CNI_IFNAME": "net1"}
-    if os.environ.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    env.update(passed_through())
     stdin = json.dumps(make_config()).encode()
     proc = subprocess.run(plugin_command(), input=stdin, env=env, capture_output=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (2, b"")

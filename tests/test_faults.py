@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import plugin_command, run_plugin
+from conftest import passed_through, plugin_command, run_plugin
 
 pytest.register_assert_rewrite("chain")
 
@@ -55,8 +55,7 @@ def plugin_env(command: str, container_id: str, ifname: str = "net1") -> dict[st
         "CNI_IFNAME": ifname,
         "CNI_PATH": "/opt/cni/bin",
     }
-    if os.environ.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    env.update(passed_through())
     return env
 
 
