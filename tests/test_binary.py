@@ -31,9 +31,12 @@ MIRROR = os.environ.get("MIRROR", "http://deb.debian.org/debian")
 
 
 def run_bare(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the binary with nothing but `env` in its environment (`env -i`): no PATH, so no python."""
+    """Run the binary with nothing but `env` in its environment (`env -i`): no PATH, so no python.
+    The session's launcher cache is kept (unless `env` names another), so /var/cache stays untouched."""
+    bare = {k: v for k, v in os.environ.items() if k == "DEVICEID_INJECT_CACHE"}
+    bare.update(env or {})
     return subprocess.run(
-        ["env", "-i", *(f"{k}={v}" for k, v in (env or {}).items()), EXE, *args],
+        ["env", "-i", *(f"{k}={v}" for k, v in bare.items()), EXE, *args],
         input=stdin,
         capture_output=True,
         text=True,
