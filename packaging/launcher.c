@@ -11,7 +11,9 @@
  * Here a folder is unpacked into a private temporary name and renamed into place: rename
  * is atomic, so a reader finds a whole folder or none, and the loser of a race drops its
  * copy and uses the winner's. A damaged folder (a file missing or of the wrong size) is
- * moved aside and unpacked again.
+ * moved aside and unpacked again. Whoever unpacks also removes the folders of other builds,
+ * so upgrades do not pile up 40 MB each; a run of an old build that loses its folder that way
+ * between its check and its exec unpacks again and retries once.
  *
  * The cache root (default /var/cache/deviceid-inject, or $DEVICEID_INJECT_CACHE) must be a
  * real directory owned by us and writable by nobody else, or we refuse to exec from it:
@@ -207,6 +209,32 @@ static void check_root(const char *root)
         fail("refusing the cache folder (not a directory of ours, or writable by others)", root, 0);
 }
 
+/* A folder name that a build id can have: 1 to 55 lower-case hex digits. */
+static int is_build_id(const char *name)
+{
+    size_t len = strlen(name);
+    return len > 0 && len < sizeof(((struct trailer *)0)->build_id) && strspn(name, "0123456789abcdef") == len;
+}
+
+/* Remove the unpacked folders of other builds. Running programs keep their open files. */
+static void remove_other_builds(const char *root, const char *ours)
+{
+    char path[4096], aside[4096];
+    DIR *folder = opendir(root);
+    struct dirent *entry;
+    if (folder == NULL)
+        return;
+    while ((entry = readdir(folder)) != NULL) {
+        if (!is_build_id(entry->d_name) || strcmp(entry->d_name, ours) == 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", root, entry->d_name);
+        snprintf(aside, sizeof aside, "%s/.old-%s-%d", root, entry->d_name, (int)getpid());
+        if (rename(path, aside) == 0)
+            remove_tree(aside);
+    }
+    closedir(folder);
+}
+
 /* Unpack into a private temporary folder, then rename it into place. */
 static void install(int fd, const struct trailer *t, const char *root, const char *dir)
 {
@@ -229,6 +257,7 @@ static void install(int fd, const struct trailer *t, const char *root, const cha
         if ((err != EEXIST && err != ENOTEMPTY) || !complete(fd, t, dir))
             fail("cannot move the unpacked folder into", dir, err);
     }
+    remove_other_builds(root, t->build_id);
 }
 
 int main(int argc, char **argv)
@@ -254,8 +283,12 @@ int main(int argc, char **argv)
     snprintf(exe, sizeof exe, "%s/%s", dir, ENTRY);
     if (!complete(fd, &t, dir))
         install(fd, &t, root, dir);
-    close(fd);
     execv(exe, argv);
+    if (errno == ENOENT) {
+        /* Another build's first run removed our folder after we checked it: once more. */
+        install(fd, &t, root, dir);
+        execv(exe, argv);
+    }
     fail("cannot run", exe, errno);
     return 1;
 }

@@ -116,3 +116,18 @@ def test_a_launcher_without_payload_says_so(launcher, cache):
     proc = run(launcher, cache)
     assert proc.returncode == 1
     assert "no payload" in json.loads(proc.stdout)["msg"]
+
+
+def test_unpacking_removes_other_builds_and_nothing_else(binary, cache):
+    old = cache / "fedcba9876543210fedc"
+    (old / "lib").mkdir(parents=True)
+    (old / "lib" / "big.bin").write_bytes(b"old build")
+    keep = cache / "not-a-build-id"
+    keep.mkdir()
+    cache.chmod(0o755)
+    assert run(binary, cache).returncode == 0
+    assert sorted(os.listdir(cache)) == sorted([BUILD_ID, "not-a-build-id"])
+    # A run that finds its folder complete unpacks nothing, so it removes nothing either.
+    old.mkdir()
+    assert run(binary, cache).returncode == 0
+    assert old.exists()
