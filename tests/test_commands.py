@@ -120,6 +120,7 @@ def test_add_without_a_device_fails_listing_every_way_tried(make_config, roots):
     assert run.json["code"] == 100
     for strategy in ("prevResult pciID", "runtimeConfig deviceID", "config deviceID", "netdev sysfs", "VF table"):
         assert strategy in run.json["msg"]
+    assert "What would have helped" in run.json["msg"] and "mac in prevResult" in run.json["msg"]
     assert records(roots["state"]) == []
     assert not roots["devinfo"].exists()
 

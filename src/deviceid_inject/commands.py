@@ -38,7 +38,12 @@ def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
     store = Store(config.data_dir)
     if found.device is None:
         if config.required:
-            raise CniError(ERR_NO_DEVICE, f"no PCI function found for {env.ifname}: {found.explain()}")
+            raise CniError(
+                ERR_NO_DEVICE,
+                f"no PCI function found for {env.ifname}: {found.explain()}. What would have helped: a "
+                "netdev in the pod on a PCI function, the VF's mac in prevResult (DPDK), or its address as "
+                "deviceID (a device plugin, or the config)",
+            )
         log.warning(f"no PCI function found, passing prevResult through (required: false): {found.explain()}")
         with store.locked():
             store.save(_record(env, config, None, None, created=False))
