@@ -19,7 +19,6 @@ from typing import Any, TextIO
 
 from . import __version__, config, deviceinfo, discovery, udev
 from .log import Log
-from .pci import SysfsPci
 from .protocol import CniError, check_ifname
 
 EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
@@ -97,7 +96,7 @@ def discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     host = discovery.Host(
         netns_path=args.netns,
         sysfs_root=args.sysfs_root,
-        pci=SysfsPci(args.sysfs_root) if args.sysfs_root else udev.real_host_pci(log),
+        pci=udev.pci_view(args.sysfs_root, log, use_libudev=True),
         pf_names=args.pf_name,
     )
     clues = discovery.Clues(ifname=args.ifname, mac=args.mac, runtime_device_id=args.device_id)

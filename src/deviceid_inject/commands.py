@@ -12,7 +12,6 @@ from . import config as configuration
 from . import deviceinfo, discovery, files, protocol, udev
 from .config import Config
 from .log import Log
-from .pci import SysfsPci
 from .protocol import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_IO, ERR_NO_DEVICE, CniError, Env
 from .state import Record, Store
 
@@ -199,19 +198,12 @@ def _host(config: Config, env: Env, log: Log) -> discovery.Host:
     return discovery.Host(
         netns_path=env.netns,
         sysfs_root=config.sysfs_root,
-        pci=_pci_view(config, log),
+        # libudev only when the log shows what it adds (hwdb names): loading it (pyudev runs
+        # `ldconfig -p` to find it) costs more than the rest of ADD.
+        pci=udev.pci_view(config.sysfs_root, log, use_libudev=log.enabled("info")),
         pf_names=config.pf_names,
         vhost_net=discovery.VHOST_NET if config.vhost_net else None,
     )
-
-
-def _pci_view(config: Config, log: Log) -> SysfsPci:
-    """A fixture tree is read as files. On a real host, libudev's view when the log will show
-    what it adds (hwdb names); at the default level /sys is read directly, since loading
-    libudev alone (pyudev runs `ldconfig -p` to find it) costs more than the rest of ADD."""
-    if config.sysfs_root:
-        return SysfsPci(config.sysfs_root)
-    return udev.real_host_pci(log) if log.enabled("info") else SysfsPci("/sys")
 
 
 def _describe(host: discovery.Host, device: discovery.Device) -> str:

@@ -43,6 +43,14 @@ class UdevPci(SysfsPci):
         )
 
 
+def pci_view(sysfs_root: str | None, log: Log, use_libudev: bool) -> SysfsPci:
+    """The view discovery reads: a fixture tree as files; a real host through libudev when the
+    caller wants what it adds, else /sys directly."""
+    if sysfs_root:
+        return SysfsPci(sysfs_root)
+    return real_host_pci(log) if use_libudev else SysfsPci("/sys")
+
+
 def real_host_pci(log: Log) -> SysfsPci:
     """libudev's view of /sys when it loads, plain /sys reads when it does not."""
     try:
