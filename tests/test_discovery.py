@@ -67,6 +67,16 @@ def test_a_given_id_that_is_not_pci_is_skipped_with_the_reason():
     assert "'mlx5_core.sf.2' is not a PCI address" in found.explain()
 
 
+@pytest.mark.parametrize("field", ["runtime_device_id", "config_device_id"])
+def test_a_placeholder_device_id_naming_no_function_here_is_skipped(field):
+    # The selection route: a Pod asks for deviceID 0000:00:00.0 only so that Multus v4 hands the
+    # chain a device-info path. That address is no clue; the netdev still tells the truth.
+    found = discovery.discover(Clues(ifname="net1", **{field: "0000:00:00.0"}), host("vf-iavf"))
+    assert found.device.pci_address == "0000:3b:02.3"
+    assert found.device.strategy == "netdev sysfs"
+    assert "deviceID 0000:00:00.0 names no PCI function on this host" in found.explain()
+
+
 def test_non_zero_domain_and_rdma_device():
     found = discovery.discover(Clues(ifname="net1"), host("mlx5-rdma"))
     assert found.device.pci_address == "0001:af:01.2"

@@ -111,11 +111,19 @@ def from_result(clues: Clues, host: Host) -> str:
 
 
 def from_runtime_device_id(clues: Clues, host: Host) -> str:
-    return _given(clues.runtime_device_id, "runtimeConfig has no deviceID (capability deviceID)")
+    return _present(host, _given(clues.runtime_device_id, "runtimeConfig has no deviceID (capability deviceID)"))
 
 
 def from_config_device_id(clues: Clues, host: Host) -> str:
-    return _given(clues.config_device_id, "the config has no deviceID")
+    return _present(host, _given(clues.config_device_id, "the config has no deviceID"))
+
+
+def _present(host: Host, address: str) -> str:
+    # A deviceID can be a placeholder: a Pod's network selection may carry one only so that Multus
+    # v4 asks the chain for a device-info file. One that names no function here is no clue at all.
+    if not os.path.isdir(host.pci.path(address)):
+        raise NotApplicable(f"deviceID {address} names no PCI function on this host (a placeholder?)")
+    return address
 
 
 def _given(value: str | None, absent: str) -> str:
