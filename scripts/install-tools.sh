@@ -3,7 +3,11 @@
 #   - Debian packages (iproute2, ethtool, patchelf, ...), apt-get only when one is missing;
 #   - cnitool and the reference CNI plugins host-device and tuning, built with `go install`
 #     into $REPO/.tools/cni-bin (skipped when the stamp and the binaries' build info match);
-# Idempotent; a re-run with everything in place takes well under a second.
+#   - the Kubernetes test bed: Multus v4.0.2 (thin plugin, multus-daemon, multus-shim), v3.7.1 and
+#     v3.7.2 built from their Go modules, and kube-apiserver built from k8s.io/kubernetes, into
+#     $REPO/.tools/k8s (each skipped when its stamp matches); etcd from Debian's etcd-server.
+# Idempotent; a re-run with everything in place takes well under a second. Cold, the Go builds
+# take 8 to 10 minutes on 2 cores (kube-apiserver most of it); progress goes to stderr.
 #
 # Usage: scripts/install-tools.sh
 # (tests/test_cnitool.py drives the real chains these tools make possible)
@@ -13,8 +17,12 @@ set -euo pipefail
 CNITOOL_VERSION="v1.3.1"        # github.com/containernetworking/cni: cnitool has add/check/del/gc/status
 CNI_PLUGINS_VERSION="v1.10.0"   # github.com/containernetworking/plugins: supports CNI 0.1.0 .. 1.1.0;
                                 # its go.mod needs Go >= 1.26.8 (older local Go: GOTOOLCHAIN=auto fetches it)
-CNI_PLUGINS=(main/host-device meta/tuning)
-APT_PACKAGES=(iproute2 ethtool patchelf util-linux jq time gcc)
+CNI_PLUGINS=(main/host-device meta/tuning main/loopback)
+APT_PACKAGES=(iproute2 ethtool patchelf util-linux jq time gcc etcd-server openssl)
+# Multus: the first release with the device-info gate is v3.7.2; v3.7.1 still behaves like v3.7.
+MULTUS_V4_VERSIONS=(v4.0.2)
+MULTUS_V3_VERSIONS=(v3.7.1 v3.7.2)
+KUBERNETES_VERSION="v1.34.2"   # kube-apiserver; its staging modules are pinned at the matching v0.34.2
 
 CNITOOL_PKG="github.com/containernetworking/cni/cnitool"
 CNI_PLUGINS_MOD="github.com/containernetworking/plugins"
@@ -32,7 +40,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 TOOLS="$REPO/.tools"
 CNI_BIN="$TOOLS/cni-bin"
 STAMP="$CNI_BIN/.versions"
-WANT_STAMP="cnitool=$CNITOOL_VERSION plugins=$CNI_PLUGINS_VERSION cgo=0"
+WANT_STAMP="cnitool=$CNITOOL_VERSION plugins=$CNI_PLUGINS_VERSION (${CNI_PLUGINS[*]##*/}) cgo=0"
+K8S_TOOLS="$TOOLS/k8s"
 
 log() { echo "install-tools: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -115,6 +124,76 @@ for p in "${CNI_PLUGINS[@]}"; do
 done
 echo "$WANT_STAMP" >"$STAMP"
 
+# ---- 3. the Kubernetes test bed: Multus and kube-apiserver ----------------------------------------
+# Neither installs with `go install` here (the module proxy does not serve their version lists), so
+# each is downloaded as a module at its exact version and built in a writable copy of that folder.
+# The module zips leave vendor/ out (only vendor/modules.txt stays), so the build resolves modules.
+k8s_status=""
+mkdir -p "$K8S_TOOLS"
+
+# Build $2.. (packages) of the module $1 at version into folder $3, unless its stamp says it is there.
+build_module_copy() {
+    local module="$1" version="$2" out="$3"; shift 3
+    local stamp="$out/.version" want="$module@$version"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
+    log "building $want ($*): about a minute or two cold"
+    local src dir
+    src="$(go mod download -json "$want" | jq -r '.Dir // empty')"
+    [[ -n "$src" ]] || die "go mod download $want gave no folder"
+    dir="$(mktemp -d "$TOOLS/.src.XXXXXX")"
+    cp -r "$src/." "$dir/"
+    chmod -R u+w "$dir"
+    rm -rf "$dir/vendor"
+    rm -rf "$out" && mkdir -p "$out"
+    (cd "$dir" && CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" \
+        go build -o "$out/" "$@") || { rm -rf "$dir"; die "building $want failed"; }
+    rm -rf "$dir"
+    echo "$want" >"$stamp"
+    k8s_status="$k8s_status built $want;"
+}
+
+for v in "${MULTUS_V4_VERSIONS[@]}"; do
+    build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v4 "$v" "$K8S_TOOLS/multus-$v" \
+        ./cmd/multus ./cmd/multus-daemon ./cmd/multus-shim
+done
+for v in "${MULTUS_V3_VERSIONS[@]}"; do
+    build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v3 "$v" "$K8S_TOOLS/multus-$v" ./cmd
+    [[ -x "$K8S_TOOLS/multus-$v/multus" ]] || mv "$K8S_TOOLS/multus-$v/cmd" "$K8S_TOOLS/multus-$v/multus"
+done
+
+# kube-apiserver: k8s.io/kubernetes replaces its staging modules (k8s.io/api, ...) with folders of its
+# own repository, which a module consumer does not have; a scratch module requires it and points
+# each of those at the published module of the matching version (v1.34.2 -> v0.34.2).
+APISERVER_DIR="$K8S_TOOLS/kube-apiserver-$KUBERNETES_VERSION"
+if [[ -f "$APISERVER_DIR/.version" && "$(cat "$APISERVER_DIR/.version")" == "$KUBERNETES_VERSION" ]]; then
+    :
+else
+    log "building kube-apiserver $KUBERNETES_VERSION: 5 to 8 minutes cold on 2 cores"
+    staging_version="v0.${KUBERNETES_VERSION#v1.}"
+    scratch="$(mktemp -d "$TOOLS/.apiserver.XXXXXX")"
+    gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | jq -r '.GoMod // empty')"
+    [[ -n "$gomod" ]] || die "go mod download k8s.io/kubernetes@$KUBERNETES_VERSION gave no go.mod"
+    {
+        echo "module deviceid-inject.test/k8stools"
+        echo
+        echo "go 1.24"
+        echo
+        echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+        sed -n 's#^[[:space:]]*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/.*#replace \1 => \1 '"$staging_version"'#p' "$gomod"
+    } >"$scratch/go.mod"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >"$scratch/tools.go"
+    (cd "$scratch" && export CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" \
+        && go mod tidy >/dev/null 2>&1 && go build -o kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver) \
+        || { rm -rf "$scratch"; die "building kube-apiserver failed"; }
+    rm -rf "$APISERVER_DIR" && mkdir -p "$APISERVER_DIR"
+    mv "$scratch/kube-apiserver" "$APISERVER_DIR/"
+    rm -rf "$scratch"
+    echo "$KUBERNETES_VERSION" >"$APISERVER_DIR/.version"
+    k8s_status="$k8s_status built kube-apiserver $KUBERNETES_VERSION;"
+fi
+command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
+k8s_status="${k8s_status:- k8s test bed ok;} etcd $(etcd --version | awk '/etcd Version/ {print $3}')"
+
 ms=$(( $(date +%s%N) / 1000000 - START_MS ))
 elapsed="$((ms / 1000)).$(( (ms % 1000) / 100 ))"
-echo "install-tools: $apt_status; $go_status (cnitool $CNITOOL_VERSION, plugins $CNI_PLUGINS_VERSION in ${CNI_BIN#"$REPO"/}); ${elapsed}s"
+echo "install-tools: $apt_status; $go_status (cnitool $CNITOOL_VERSION, plugins $CNI_PLUGINS_VERSION in ${CNI_BIN#"$REPO"/});$k8s_status; ${elapsed}s"
