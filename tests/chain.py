@@ -114,12 +114,29 @@ def render_conflist(template: str, **values: Any) -> dict[str, Any]:
     return json.loads(string.Template(text).substitute(escaped))
 
 
-def write_conflist(folder: Path, template: str, **values: Any) -> dict[str, Any]:
-    """Render a template into `folder` (a NETCONFPATH) as <name>.conflist; returns the conflist."""
+def write_conflist(
+    folder: Path, template: str, inject: Mapping[str, Any] | None = None, **values: Any
+) -> dict[str, Any]:
+    """Render a template into `folder` (a NETCONFPATH) as <name>.conflist; returns the conflist.
+    `inject` sets keys of the deviceid-inject entry; a None value removes the key (e.g. sysfsRoot,
+    for the production path: the pod's own netns and the real /sys)."""
     conflist = render_conflist(template, **values)
+    for plugin in conflist["plugins"]:
+        if plugin["type"] == "deviceid-inject":
+            for key, value in (inject or {}).items():
+                if value is None:
+                    plugin.pop(key, None)
+                else:
+                    plugin[key] = value
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{conflist['name']}.conflist").write_text(json.dumps(conflist, indent=2))
     return conflist
+
+
+# The production path: no sysfsRoot, so discovery forks into the pod's netns and mounts a private
+# sysfs there; a veth is found to be no PCI function, which `required: false` lets pass.
+POD_NETNS = {"sysfsRoot": None, "required": False}
+VETH_NOT_PCI = "/sys/class/net/net1 has no device link: a virtual netdev"
 
 
 # --- cnitool -------------------------------------------------------------------------------------
