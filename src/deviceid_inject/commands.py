@@ -12,10 +12,8 @@ from . import config as configuration
 from . import deviceinfo, discovery, files, protocol, udev
 from .config import Config
 from .log import Log
-from .protocol import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_IO, ERR_NO_DEVICE, CniError, Env
+from .protocol import ERR_CHECK_FAILED, ERR_INTERNAL, ERR_INVALID_CONFIG, ERR_IO, ERR_NO_DEVICE, CniError, Env
 from .state import Record, Store
-
-ERR_INTERNAL = 199
 
 # Names for annotations only: typing costs milliseconds to import on every ADD.
 TYPE_CHECKING = False
@@ -246,7 +244,8 @@ def _writable(folder: str) -> bool:
     return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
 
 
-COMMANDS: dict[str, Command] = {
+# The handler of each command but VERSION, which needs no config (protocol.COMMANDS: every name).
+HANDLERS: dict[str, Command] = {
     "ADD": cmd_add,
     "DEL": cmd_del,
     "CHECK": cmd_check,
@@ -273,7 +272,7 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Tex
         if config.log_file:
             log.open_file(config.log_file)
         log.context = f"{env.command} {env.container_id}/{env.ifname}: " if env.container_id else f"{env.command}: "
-        result = COMMANDS[env.command](env, config, log)
+        result = HANDLERS[env.command](env, config, log)
         if result is not None:
             protocol.write_json(stdout, result)
         return 0
