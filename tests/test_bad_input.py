@@ -25,27 +25,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import passed_through, plugin_command, run_plugin
+from helpers import (
+    SYSFS,
+    TESTDATA,
+    Impl,
+    cni_env,
+    contract_violations,
+    passed_through,
+    plugin_command,
+    run_plugin,
+    strict_json,
+)
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
-pytest.register_assert_rewrite("chain")
+from deviceid_inject import commands
+from deviceid_inject import config as configuration
+from deviceid_inject.config import DEFAULT_DATA_DIR, DEFAULT_DEVICE_INFO_ROOT
+from deviceid_inject.protocol import SUPPORTED_VERSIONS
 
-from chain import (  # noqa: E402
-    SYSFS,
-    TESTDATA,
-    Impl,
-    contract_violations,
-    strict_json,
-)
-
-from deviceid_inject import commands  # noqa: E402
-from deviceid_inject import config as configuration  # noqa: E402
-from deviceid_inject.config import DEFAULT_DATA_DIR, DEFAULT_DEVICE_INFO_ROOT  # noqa: E402
-from deviceid_inject.protocol import SUPPORTED_VERSIONS  # noqa: E402
-
-pytest_plugins = ["chain"]
 pytestmark = [pytest.mark.badinput]
 
 CORPUS = TESTDATA / "bad-input"
@@ -182,16 +181,7 @@ class Scene:
 
     def environ(self) -> dict[str, str]:
         """The environment run_plugin would give the plugin, for in-process runs."""
-        environ = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "CNI_COMMAND": self.command,
-            "CNI_CONTAINERID": "ctr-1",
-            "CNI_NETNS": "/proc/self/ns/net",
-            "CNI_IFNAME": "net1",
-            "CNI_PATH": "/opt/cni/bin",
-        }
-        environ.update(self.env)
-        return {k: v for k, v in environ.items() if v is not None}
+        return cni_env(self.command, **self.env)
 
 
 def prepare(case: dict[str, Any], base: Path) -> Scene:
@@ -559,14 +549,7 @@ def fuzz_once(root: Path, environ: dict[str, str], stdin: bytes, command: str) -
     base = tempfile.mkdtemp(dir=root)
     stdin = stdin.replace(b"@BASE@", base.encode())
     assume(not could_write_elsewhere(stdin, str(root)))
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": "ctr-1",
-        "CNI_NETNS": "/proc/self/ns/net",
-        "CNI_IFNAME": "net1",
-        **environ,
-    }
+    env = cni_env(command, **environ)
     with RECORDER.recording() as recorder:
         code, stdout, stderr = run_in_process(env, stdin)
     assert code in (0, 1)

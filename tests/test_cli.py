@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO, TESTDATA, plugin_command
+from helpers import REPO, TESTDATA, plugin_command
 
 NAD = REPO / "deploy" / "nad-n6-dpdk.yaml"
 

@@ -12,11 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import run_plugin
-
-pytest.register_assert_rewrite("chain")
-
-from chain import (  # noqa: E402
+from helpers import (
     NET1_DEVICE_INFO,
     NET1_PCI,
     POD_NETNS,
@@ -30,10 +26,10 @@ from chain import (  # noqa: E402
     link_exists,
     needs_root,
     read_json,
+    run_plugin,
     write_conflist,
 )
 
-pytest_plugins = ["chain"]
 pytestmark = [pytest.mark.cnitool, pytest.mark.netns, needs_root]
 
 NETWORK = "n6-dpdk"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SYSFS
+from helpers import SYSFS
 
 from deviceid_inject import discovery, protocol, vftable
 from deviceid_inject.discovery import Clues, Host

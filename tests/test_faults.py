@@ -22,42 +22,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import passed_through, plugin_command, run_plugin
-
-pytest.register_assert_rewrite("chain")
-
-from chain import (  # noqa: E402
+from helpers import (
     NET1_DEVICE_INFO,
     NET1_PCI,
     Impl,
     attachment_state,
+    cni_env,
     fallback_name,
     files_under,
     kill_group,
     needs_root,
+    plugin_command,
     read_json,
+    run_plugin,
     strict_json,
 )
 
-pytest_plugins = ["chain"]
 pytestmark = [pytest.mark.faults]
 
 NETWORK = "n6-dpdk"  # conftest's make_config names the network so
 KILL_TRIALS = 40
-
-
-def plugin_env(command: str, container_id: str, ifname: str = "net1") -> dict[str, str]:
-    """The environment conftest.run_plugin gives the plugin."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container_id,
-        "CNI_NETNS": "/proc/self/ns/net",
-        "CNI_IFNAME": ifname,
-        "CNI_PATH": "/opt/cni/bin",
-    }
-    env.update(passed_through())
-    return env
 
 
 STARTED: list[subprocess.Popen] = []
@@ -82,7 +66,7 @@ def start_plugin(command: str, config: dict[str, Any], container_id: str) -> sub
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=plugin_env(command, container_id),
+        env=cni_env(command, container_id=container_id),
         start_new_session=True,
     )
     STARTED.append(proc)

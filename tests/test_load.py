@@ -17,11 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import host_pci_netdev, prev_result, run_plugin
-
-pytest.register_assert_rewrite("chain")
-
-from chain import (  # noqa: E402
+from helpers import (
     NET1_PF,
     POD_NETNS,
     SYSFS_IAVF,
@@ -32,12 +28,14 @@ from chain import (  # noqa: E402
     cnitool_container_id,
     fallback_name,
     files_under,
+    host_pci_netdev,
     needs_root,
+    prev_result,
     read_json,
+    run_plugin,
     write_conflist,
 )
 
-pytest_plugins = ["chain"]
 pytestmark = [pytest.mark.cnitool, pytest.mark.netns, pytest.mark.load, needs_root]
 
 PODS = 100

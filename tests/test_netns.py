@@ -10,7 +10,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import host_pci_netdev, prev_result, run_plugin
+from helpers import cni_env, host_pci_netdev, prev_result, run_plugin
 
 from deviceid_inject import commands, discovery, protocol, udev
 from deviceid_inject import config as configuration
@@ -112,7 +112,7 @@ def test_libudev_is_loaded_only_when_the_log_shows_what_it_adds(make_config, mon
     calls = []
     real = udev.describer
     monkeypatch.setattr(udev, "describer", lambda root, log: calls.append(log) or real(root, log))
-    environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": HOST_NETNS, "CNI_IFNAME": name}
+    environ = cni_env("ADD", container_id="c1", netns=HOST_NETNS, ifname=name)
     config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
     out, err = io.StringIO(), io.StringIO()
     assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
@@ -147,7 +147,7 @@ def test_discovery_at_info_finds_the_same_by_the_same_strategies_as_at_warning(m
 
     monkeypatch.setattr(discovery, "discover", spy)
     for level in ("warning", "info"):
-        environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": HOST_NETNS, "CNI_IFNAME": name}
+        environ = cni_env("ADD", container_id="c1", netns=HOST_NETNS, ifname=name)
         config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
         out, err = io.StringIO(), io.StringIO()
         assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()

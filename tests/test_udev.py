@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import host_pci_netdev
+from helpers import host_pci_netdev
 
 from deviceid_inject import udev
 from deviceid_inject.log import Log
