@@ -65,6 +65,14 @@ def roots(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the roots, for writes that must never land there."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
 def make_config(roots: dict[str, Path]):
     """A deviceid-inject config over a fixture sysfs tree, with scratch device-info and state roots."""
 

@@ -648,16 +648,7 @@ def test_fuzz_stdin_bytes(fuzz_root: Path, data: st.DataObject, command: str) ->
 @FUZZ
 @given(environ=ENVIRONMENTS, command=COMMANDS)
 def test_fuzz_environment(fuzz_root: Path, environ: dict[str, str], command: str) -> None:
-    config = {
-        "cniVersion": "1.1.0",
-        "name": "n6-dpdk",
-        "type": "deviceid-inject",
-        "sysfsRoot": str(SYSFS / "vf-iavf"),
-        "deviceInfoRoot": "@BASE@/devinfo",
-        "dataDir": "@BASE@/state",
-        "prevResult": {"cniVersion": "1.1.0", "interfaces": [{"name": "net1", "sandbox": "/var/run/netns/pod"}]},
-    }
-    fuzz_once(fuzz_root, environ, json.dumps(config).encode(), command)
+    fuzz_once(fuzz_root, environ, json.dumps(VALID_CONFIG).encode(), command)
 
 
 @settings(

@@ -48,13 +48,6 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    path = tmp_path / "outside"
-    path.mkdir()
-    return path
-
-
 # --- fallback_name --------------------------------------------------------------------------------
 
 
