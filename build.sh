@@ -251,6 +251,7 @@ cat >"$STAGE/src/$PKG/_build.py" <<EOF
 """Written by build.sh into the compiled binary only; cli.version_text() prints it."""
 
 COMMIT = "$COMMIT"
+BUILD_ID = "$BUILD_ID"  # keys the validated-config cache (config._build_id)
 DATE = "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 NUITKA = "$NUITKA"
 GLIBC = "$GLIBC"

@@ -1,49 +1,37 @@
-"""Shared test helpers: running the plugin as a runtime would, fixture configs, real netns and veths.
+"""Fixtures shared by every test module (plain helpers are in helpers.py): the implementation
+under test, scratch configs and roots, real netns and veths, cnitool in an isolated cache.
 
-DEVICEID_INJECT_EXE names the executable under test (the Nuitka binary); unset, the
-suite runs `python -m deviceid_inject`. Every namespace and link a test makes is removed
-in the fixture's teardown, also when the test fails.
+Every namespace and link a test makes is removed in the fixture's teardown, also when the test fails.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import shlex
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-TESTDATA = REPO / "testdata"
-SYSFS = TESTDATA / "sysfs"
+pytest.register_assert_rewrite("helpers")
+
+from helpers import (  # noqa: E402
+    CNI_BIN,
+    SYSFS,
+    TESTDATA,
+    Cnitool,
+    Impl,
+    have_cni_tools,
+    implementations,
+    ip,
+    prev_result,
+)
+
 sys.path.insert(0, str(TESTDATA))
-
-
-def host_pci_netdev() -> tuple[str, str]:
-    """A PCI-backed netdev of this host and its address, read straight from the host's sysfs."""
-    from deviceid_inject.pci import address_in_path
-
-    for name in sorted(os.listdir("/sys/class/net")):
-        device = f"/sys/class/net/{name}/device"
-        if os.path.exists(device):
-            address = address_in_path(os.path.realpath(device))
-            if address:
-                return name, address
-    pytest.skip("this host has no PCI-backed netdev")
-
-
-# Handed through to every plugin process: where the interpreter finds the package, and where
-# the binary's launcher unpacks (a folder of the test session's, not the host's /var/cache).
-PASSED_THROUGH = ("PYTHONPATH", "DEVICEID_INJECT_CACHE")
-
-
-def passed_through() -> dict[str, str]:
-    return {key: os.environ[key] for key in PASSED_THROUGH if os.environ.get(key)}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,67 +49,6 @@ def launcher_cache(tmp_path_factory):
         del os.environ["DEVICEID_INJECT_CACHE"]
 
 
-def plugin_command() -> list[str]:
-    exe = os.environ.get("DEVICEID_INJECT_EXE")
-    return [exe] if exe else [sys.executable, "-m", "deviceid_inject"]
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
-def run_plugin(
-    command: str,
-    config: dict[str, Any] | bytes | None,
-    *,
-    container_id: str = "ctr-1",
-    ifname: str = "net1",
-    netns: str = "/proc/self/ns/net",
-    env: dict[str, str] | None = None,
-) -> Run:
-    """Run the plugin once, like a runtime: CNI_* in the environment, the config on stdin."""
-    environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container_id,
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": ifname,
-        "CNI_PATH": "/opt/cni/bin",
-    }
-    environ.update(passed_through())
-    environ.update(env or {})
-    environ = {k: v for k, v in environ.items() if v is not None}
-    stdin = config if isinstance(config, bytes) else json.dumps(config or {}).encode()
-    proc = subprocess.run(plugin_command(), input=stdin, env=environ, capture_output=True, timeout=60)
-    run = Run(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
-    # Whatever happened, the protocol channel holds one JSON object or nothing, and no traceback leaks.
-    assert "Traceback" not in run.stdout + run.stderr, run.stderr
-    if run.stdout.strip():
-        assert isinstance(run.json, dict), run.stdout
-    if run.code != 0:
-        assert set(run.json) == {"cniVersion", "code", "msg", "details"}, run.stdout
-    return run
-
-
-def prev_result(version: str = "1.1.0", ifname: str = "net1", mac: str = "02:00:00:00:00:01", **iface: Any) -> dict:
-    ip: dict[str, Any] = {"address": "10.10.0.5/24", "gateway": "10.10.0.1", "interface": 0}
-    if not version.startswith("1."):
-        ip["version"] = "4"
-    return {
-        "cniVersion": version,
-        "interfaces": [{"name": ifname, "mac": mac, "sandbox": "/var/run/netns/pod", **iface}],
-        "ips": [ip],
-        "dns": {"nameservers": ["10.96.0.10"]},
-    }
-
-
 @pytest.fixture(autouse=True)
 def no_validation_cache_on_the_host(monkeypatch):
     """In-process parses of configs without dataDir would remember their validation under the
@@ -135,6 +62,14 @@ def no_validation_cache_on_the_host(monkeypatch):
 @pytest.fixture
 def roots(tmp_path: Path) -> dict[str, Path]:
     return {"devinfo": tmp_path / "devinfo", "state": tmp_path / "state"}
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the roots, for writes that must never land there."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture
@@ -192,3 +127,59 @@ def veth_in(netns: str):
     yield make
     for host in made:
         subprocess.run(["ip", "link", "del", host], capture_output=True)
+
+
+@pytest.fixture(params=implementations())
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Impl:
+    """The implementation under test; conftest's run_plugin follows it for the whole test."""
+    exe = os.environ.get("DEVICEID_INJECT_EXE")
+    if request.param == "exe":
+        assert exe
+        return Impl("exe", (exe,))
+    monkeypatch.delenv("DEVICEID_INJECT_EXE", raising=False)
+    return Impl("python", (sys.executable, "-m", "deviceid_inject"))
+
+
+@pytest.fixture
+def cni_path(impl: Impl, tmp_path: Path) -> str:
+    """CNI_PATH: a folder holding `deviceid-inject` for `impl`, then .tools/cni-bin."""
+    folder = tmp_path / "plugin-bin"
+    folder.mkdir()
+    plugin = folder / "deviceid-inject"
+    if impl.name == "exe":
+        plugin.symlink_to(impl.command[0])
+    else:
+        plugin.write_text(f'#!/bin/sh\nexec {shlex.join(impl.command)} "$@"\n')
+        plugin.chmod(0o755)
+    return f"{folder}:{CNI_BIN}"
+
+
+@pytest.fixture
+def cnitool(cni_path: str, tmp_path: Path) -> Cnitool:
+    if not have_cni_tools():
+        pytest.skip(f"cnitool and the reference plugins are not built in {CNI_BIN} (make setup)")
+    os.makedirs("/var/lib/cni", exist_ok=True)  # the bind mount's target; libcni's default cache
+    netconf = tmp_path / "net.d"
+    cache = tmp_path / "cni-cache"
+    netconf.mkdir()
+    cache.mkdir()
+    return Cnitool(cni_path, netconf, cache)
+
+
+@pytest.fixture
+def host_veth() -> Iterator[Callable[[], tuple[str, str]]]:
+    """Make veth pairs on the host: (host end, end for host-device to move). Both go afterwards."""
+    made: list[str] = []
+
+    def make() -> tuple[str, str]:
+        token = uuid.uuid4().hex[:8]
+        host, peer = f"dth{token}", f"dtp{token}"
+        ip("link", "add", host, "type", "veth", "peer", "name", peer)
+        made.append(host)
+        return host, peer
+
+    try:
+        yield make
+    finally:
+        for host in made:  # deleting one end deletes both, wherever the other end is
+            subprocess.run(["ip", "link", "del", host], capture_output=True)

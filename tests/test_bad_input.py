@@ -25,25 +25,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import passed_through, plugin_command, run_plugin
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-
-pytest.register_assert_rewrite("chain")
-
-from chain import (  # noqa: E402
+from helpers import (
     SYSFS,
     TESTDATA,
     Impl,
+    cni_env,
     contract_violations,
+    passed_through,
+    plugin_command,
+    run_plugin,
     strict_json,
 )
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import event as hypothesis_event
+from hypothesis import strategies as st
 
-from deviceid_inject import commands  # noqa: E402
-from deviceid_inject.config import DEFAULT_DATA_DIR, DEFAULT_DEVICE_INFO_ROOT  # noqa: E402
-from deviceid_inject.protocol import SUPPORTED_VERSIONS  # noqa: E402
+from deviceid_inject import commands
+from deviceid_inject import config as configuration
+from deviceid_inject.config import DEFAULT_DATA_DIR, DEFAULT_DEVICE_INFO_ROOT
+from deviceid_inject.protocol import SUPPORTED_VERSIONS
 
-pytest_plugins = ["chain"]
 pytestmark = [pytest.mark.badinput]
 
 CORPUS = TESTDATA / "bad-input"
@@ -180,16 +181,7 @@ class Scene:
 
     def environ(self) -> dict[str, str]:
         """The environment run_plugin would give the plugin, for in-process runs."""
-        environ = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "CNI_COMMAND": self.command,
-            "CNI_CONTAINERID": "ctr-1",
-            "CNI_NETNS": "/proc/self/ns/net",
-            "CNI_IFNAME": "net1",
-            "CNI_PATH": "/opt/cni/bin",
-        }
-        environ.update(self.env)
-        return {k: v for k, v in environ.items() if v is not None}
+        return cni_env(self.command, **self.env)
 
 
 def prepare(case: dict[str, Any], base: Path) -> Scene:
@@ -557,14 +549,7 @@ def fuzz_once(root: Path, environ: dict[str, str], stdin: bytes, command: str) -
     base = tempfile.mkdtemp(dir=root)
     stdin = stdin.replace(b"@BASE@", base.encode())
     assume(not could_write_elsewhere(stdin, str(root)))
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": "ctr-1",
-        "CNI_NETNS": "/proc/self/ns/net",
-        "CNI_IFNAME": "net1",
-        **environ,
-    }
+    env = cni_env(command, **environ)
     with RECORDER.recording() as recorder:
         code, stdout, stderr = run_in_process(env, stdin)
     assert code in (0, 1)
@@ -582,28 +567,74 @@ def test_fuzz_config_keys(fuzz_root: Path, config: dict[str, Any], command: str)
 PER_ATTACHMENT = ("prevResult", "runtimeConfig", "cni.dev/valid-attachments")
 
 
-def outcome(root: Path, config: dict[str, Any], command: str, warm_up: bool) -> tuple[int, Any]:
-    """(exit code, error code) of one in-process run in a fresh scratch folder; with `warm_up`, a
-    DEL of the same config without its per-attachment keys runs first, so that a config jsonschema
-    passed is taken from the validated-config cache."""
+@contextmanager
+def cache_lookups() -> Iterator[list[bool]]:
+    """Every answer config._known_valid gives while the block runs: True is a cache hit."""
+    real = configuration._known_valid
+    seen: list[bool] = []
+
+    def spy(entry: tuple[str, bytes]) -> bool:
+        seen.append(real(entry))
+        return seen[-1]
+
+    configuration._known_valid = spy
+    try:
+        yield seen
+    finally:
+        configuration._known_valid = real
+
+
+def outcome(root: Path, config: dict[str, Any], command: str, warm_up: bool) -> tuple[tuple[int, Any], bool]:
+    """(exit code, error code) of one in-process run in a fresh scratch folder, and whether the run
+    was answered from the validated-config cache. With `warm_up`, a DEL of the same config without
+    its per-attachment keys runs first, so that a config jsonschema passed is taken from the cache;
+    then, whenever the warm-up left an entry, the run must be a hit."""
     base = tempfile.mkdtemp(dir=root)
     env = {"CNI_CONTAINERID": "ctr-1", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "net1"}
+    remembered = False
     if warm_up:
         static = {k: v for k, v in config.items() if k not in PER_ATTACHMENT}
         run_in_process({**env, "CNI_COMMAND": "DEL"}, json.dumps(static).replace("@BASE@", base).encode())
+        remembered = any(Path(base).rglob(f"{configuration.VALIDATED_DIR}/*"))
     stdin = json.dumps(config).replace("@BASE@", base).encode()
-    code, stdout, _ = run_in_process({**env, "CNI_COMMAND": command}, stdin)
-    return code, (strict_json(stdout).get("code") if code else None)
+    with cache_lookups() as lookups:
+        code, stdout, _ = run_in_process({**env, "CNI_COMMAND": command}, stdin)
+    if remembered:
+        assert False not in lookups, "the warm-up left an entry, yet the run missed the cache"
+    return (code, (strict_json(stdout).get("code") if code else None)), True in lookups
+
+
+VALID_CONFIG = {
+    "cniVersion": "1.1.0",
+    "name": "n6-dpdk",
+    "type": "deviceid-inject",
+    "sysfsRoot": str(SYSFS / "vf-iavf"),
+    "deviceInfoRoot": "@BASE@/devinfo",
+    "dataDir": "@BASE@/state",
+    "prevResult": {"cniVersion": "1.1.0", "interfaces": [{"name": "net1", "sandbox": "/var/run/netns/pod"}]},
+}
 
 
 @FUZZ
+@example(config=VALID_CONFIG, command="ADD")
+@example(config={**VALID_CONFIG, "runtimeConfig": {"deviceID": 5}}, command="DEL")
 @given(config=configs("@BASE@"), command=st.sampled_from(["ADD", "DEL", "CHECK", "GC", "STATUS"]))
 def test_fuzz_the_validated_config_cache_changes_no_answer(
     fuzz_root: Path, config: dict[str, Any], command: str
 ) -> None:
     """A config first seen and the same config once its static part is cached get the same answer:
-    the per-attachment checks that replace jsonschema then must agree with it."""
-    assert outcome(fuzz_root, config, command, warm_up=False) == outcome(fuzz_root, config, command, warm_up=True)
+    the per-attachment checks that replace jsonschema then must agree with it. The cache is really
+    used: a cold run never hits it, a warm one hits whenever the warm-up left an entry, and the
+    unmodified valid config (an explicit example, so always run) does."""
+    cold, cold_hit = outcome(fuzz_root, config, command, warm_up=False)
+    warm, warm_hit = outcome(fuzz_root, config, command, warm_up=True)
+    assert cold == warm
+    assert not cold_hit
+    hypothesis_event("cache hit" if warm_hit else "cache miss")
+    if {k: v for k, v in config.items() if k not in PER_ATTACHMENT} == {
+        k: v for k, v in VALID_CONFIG.items() if k not in PER_ATTACHMENT
+    }:
+        assert warm_hit
 
 
 @FUZZ
@@ -617,16 +648,7 @@ def test_fuzz_stdin_bytes(fuzz_root: Path, data: st.DataObject, command: str) ->
 @FUZZ
 @given(environ=ENVIRONMENTS, command=COMMANDS)
 def test_fuzz_environment(fuzz_root: Path, environ: dict[str, str], command: str) -> None:
-    config = {
-        "cniVersion": "1.1.0",
-        "name": "n6-dpdk",
-        "type": "deviceid-inject",
-        "sysfsRoot": str(SYSFS / "vf-iavf"),
-        "deviceInfoRoot": "@BASE@/devinfo",
-        "dataDir": "@BASE@/state",
-        "prevResult": {"cniVersion": "1.1.0", "interfaces": [{"name": "net1", "sandbox": "/var/run/netns/pod"}]},
-    }
-    fuzz_once(fuzz_root, environ, json.dumps(config).encode(), command)
+    fuzz_once(fuzz_root, environ, json.dumps(VALID_CONFIG).encode(), command)
 
 
 @settings(

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SYSFS, prev_result
+from helpers import REPO, SYSFS, prev_result
 
 EXE = os.environ.get("DEVICEID_INJECT_EXE", "")
 pytestmark = pytest.mark.skipif(not EXE, reason="set DEVICEID_INJECT_EXE to the binary under test")

@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO, TESTDATA, plugin_command
+from helpers import REPO, TESTDATA, plugin_command
 
 NAD = REPO / "deploy" / "nad-n6-dpdk.yaml"
 
@@ -60,6 +60,7 @@ def test_discover_over_a_fixture_prints_device_info_and_every_strategy():
         "pci": {"pci-address": "0001:af:01.2", "pf-pci-address": "0001:af:00.0", "rdma-device": "mlx5_4"},
     }
     assert [(s["strategy"], s["applied"]) for s in report["strategies"]][-1] == ("netdev sysfs", True)
+    assert report["description"]["driver"] == "mlx5_core"
 
 
 def test_discover_without_a_device_exits_1_and_says_why():
@@ -69,6 +70,7 @@ def test_discover_without_a_device_exits_1_and_says_why():
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert report["device-info"] is None
+    assert report["description"] is None
     outcomes = {s["strategy"]: s["outcome"] for s in report["strategies"]}
     assert outcomes["VF table by mac"].startswith("the interface in prevResult has no mac")
 

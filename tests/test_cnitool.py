@@ -12,14 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import run_plugin
-
-pytest.register_assert_rewrite("chain")
-
-from chain import (  # noqa: E402
+from helpers import (
     NET1_DEVICE_INFO,
     NET1_PCI,
+    POD_NETNS,
     SYSFS_IAVF,
+    VETH_NOT_PCI,
     Cnitool,
     attachment_state,
     cnitool_container_id,
@@ -28,10 +26,10 @@ from chain import (  # noqa: E402
     link_exists,
     needs_root,
     read_json,
+    run_plugin,
     write_conflist,
 )
 
-pytest_plugins = ["chain"]
 pytestmark = [pytest.mark.cnitool, pytest.mark.netns, needs_root]
 
 NETWORK = "n6-dpdk"
@@ -60,10 +58,13 @@ class Pod:
     def multus_path(self) -> Path:
         return self.devinfo / "cni" / fallback_name(NETWORK, MULTUS_SANDBOX_ID)
 
-    def conflist(self, cnitool: Cnitool, version: str, template: str = "host-device-deviceid-inject") -> dict:
+    def conflist(
+        self, cnitool: Cnitool, version: str, template: str = "host-device-deviceid-inject", inject=None
+    ) -> dict:
         return write_conflist(
             cnitool.netconf_dir,
             template,
+            inject,
             cniVersion=version,
             name=NETWORK,
             device=self.device,
@@ -141,6 +142,39 @@ def test_add_check_del_through_cnitool(cnitool: Cnitool, pod: Pod, version: str,
     delete = cnitool.run("del", NETWORK, pod.netns, cap_args=cap_args)
     assert delete.code == 0, delete.stderr
     assert link_exists(pod.device), "host-device did not give the veth end back"
+    assert_clean(pod, cnitool)
+
+
+@pytest.mark.parametrize("multus", ["v3.7", "v4"])
+@pytest.mark.parametrize("version", ["0.3.0", "0.4.0", "1.0.0", "1.1.0"])
+def test_add_check_del_through_cnitool_in_the_pods_own_netns(
+    cnitool: Cnitool, pod: Pod, version: str, multus: str
+) -> None:
+    """The production path under cnitool: no sysfsRoot, so discovery looks at net1 from inside the
+    pod's netns (fork, setns, a private sysfs). net1 is a veth there: no PCI function, which the
+    log and the record say, and `required: false` lets the result through unchanged."""
+    pod.conflist(cnitool, version, inject=POD_NETNS)
+    cap_args = {"CNIDeviceInfoFile": str(pod.multus_path)} if multus == "v3.7" else None
+    add = cnitool.run("add", NETWORK, pod.netns, cap_args=cap_args)
+    assert add.code == 0, add.stderr
+    (iface,) = [i for i in add.json["interfaces"] if i.get("sandbox")]
+    assert (iface["name"], iface["sandbox"]) == ("net1", pod.netns)
+    assert "pciID" not in iface
+    assert "net1" in net1_in(pod)
+    assert files_under(pod.devinfo) == []
+    record = read_json(pod.state / pod.container_id / "net1.json")
+    assert (record["pci_address"], record["strategy"], record["created_file"]) == (None, None, False)
+    log = pod.log.read_text()
+    assert "no PCI function found, passing prevResult through (required: false)" in log
+    assert VETH_NOT_PCI in log
+    assert "net1 (driver veth) reports no ethtool bus-info" in log
+
+    if version != "0.3.0":  # libcni refuses CHECK below 0.4.0
+        check = cnitool.run("check", NETWORK, pod.netns, cap_args=cap_args)
+        assert (check.code, check.stdout) == (0, ""), check.stderr
+    delete = cnitool.run("del", NETWORK, pod.netns, cap_args=cap_args)
+    assert delete.code == 0, delete.stderr
+    assert link_exists(pod.device)
     assert_clean(pod, cnitool)
 
 

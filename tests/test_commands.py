@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import prev_result, run_plugin
+from helpers import cni_env, prev_result, run_plugin
 
 from deviceid_inject import commands, vftable
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
@@ -337,7 +337,7 @@ def test_every_shape_yields_its_device_info_and_pciid(make_config, roots, monkey
     monkeypatch.setattr(vftable, "netlink_tables", lambda pfs: [vftable.VfEntry("ens1f0", 12, "02:aa:00:00:00:0c")])
     ifname = "eth0" if sysfs == "virtio" else "net1"
     prev = prev_result(ifname=ifname, mac=mac or "02:00:00:00:00:01")
-    environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr-1", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": ifname}
+    environ = cni_env("ADD", ifname=ifname)
     stdin = io.BytesIO(json.dumps(make_config(sysfs=sysfs, prev=prev)).encode())
     stdout, stderr = io.StringIO(), io.StringIO()
     assert commands.run(environ, stdin, stdout, stderr) == 0, stdout.getvalue()

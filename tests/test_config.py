@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jsonschema
@@ -371,3 +372,46 @@ def test_per_attachment_keys_are_checked_on_a_cache_hit_too(tmp_path, monkeypatc
             configuration.parse(cached_config(tmp_path, **extra))
         assert err.value.code == 7
         assert path in err.value.msg
+
+
+def stricter_schema(tmp_path, monkeypatch) -> None:
+    """The shipped schema, rebuilt stricter (logLevel may only be "error"), at the same version."""
+    schema = configuration.load_schema()
+    schema["properties"]["logLevel"]["enum"] = ["error"]
+    path = tmp_path / "stricter-schema.json"
+    path.write_text(json.dumps(schema))
+    monkeypatch.setattr(configuration, "SCHEMA_PATH", str(path))
+
+
+def test_an_entry_made_under_another_schema_is_not_trusted_and_is_pruned(tmp_path, monkeypatch):
+    config = cached_config(tmp_path, logLevel="info")
+    configuration.parse(config)
+    validated = tmp_path / "state" / configuration.VALIDATED_DIR
+    (stale,) = validated.iterdir()
+    stricter_schema(tmp_path, monkeypatch)
+    with pytest.raises(CniError) as err:
+        configuration.parse(config)
+    assert err.value.code == 7 and "$.logLevel" in err.value.msg
+    assert not stale.exists()
+    assert list(validated.iterdir()) == []
+
+
+def test_a_new_schema_validates_again_and_keeps_only_its_own_entries(tmp_path, monkeypatch):
+    configuration.parse(cached_config(tmp_path))
+    configuration.parse(cached_config(tmp_path, logLevel="debug"))
+    validated = tmp_path / "state" / configuration.VALIDATED_DIR
+    old = sorted(validated.iterdir())
+    assert len(old) == 2
+    stricter_schema(tmp_path, monkeypatch)
+    configuration.parse(cached_config(tmp_path, logLevel="error"))
+    (kept,) = validated.iterdir()
+    assert kept not in old
+    forbid_jsonschema(monkeypatch)
+    configuration.parse(cached_config(tmp_path, logLevel="error"))  # a hit under the new key
+
+
+def test_the_cache_key_names_the_schema_bytes_and_the_build(tmp_path, monkeypatch):
+    before = configuration._cache_key()
+    assert configuration.__version__ in before and " build " in before
+    stricter_schema(tmp_path, monkeypatch)
+    assert configuration._cache_key() != before

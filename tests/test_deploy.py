@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from deviceid_inject import cli
 

@@ -48,13 +48,6 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    path = tmp_path / "outside"
-    path.mkdir()
-    return path
-
-
 # --- fallback_name --------------------------------------------------------------------------------
 
 
@@ -120,17 +113,17 @@ def test_fallback_name_always_fits_and_ends_with_the_attachment(network: str, if
 
 def test_target_without_a_given_path_is_the_fallback(root: Path) -> None:
     target = deviceinfo.target(str(root), None, "default/n6", CID, "net1")
-    assert target == Target(str(root / "cni" / f"default-n6-{CID}_net1"), given=False)
+    assert target == Target(str(root / "cni" / f"default-n6-{CID}_net1"))
 
 
 def test_target_with_an_empty_given_path_is_the_fallback(root: Path) -> None:
-    assert deviceinfo.target(str(root), "", "n6", CID, "net1").given is False
+    assert deviceinfo.target(str(root), "", "n6", CID, "net1").path == str(root / "cni" / f"n6-{CID}_net1")
 
 
 @pytest.mark.parametrize("relative", ["cni/n6-abc_net1", "x", "cni/deeper/than/multus"])
 def test_target_given_inside_root(root: Path, relative: str) -> None:
     path = str(root / relative)
-    assert deviceinfo.target(str(root), path, "n6", CID, "net1") == Target(path, given=True)
+    assert deviceinfo.target(str(root), path, "n6", CID, "net1") == Target(path)
 
 
 @pytest.mark.parametrize(
@@ -172,7 +165,7 @@ def test_target_with_root_reached_through_a_symlink(tmp_path: Path) -> None:
     for root in (via_link, resolved):
         for base in (via_link, resolved):
             path = str(base / "cni" / f"n6-{CID}_net1")
-            assert deviceinfo.target(str(root), path, "n6", CID, "net1") == Target(path, given=True)
+            assert deviceinfo.target(str(root), path, "n6", CID, "net1") == Target(path)
         assert deviceinfo.target(str(root), None, "n6", CID, "net1").path == str(root / "cni" / f"n6-{CID}_net1")
 
 
@@ -278,19 +271,20 @@ def read(path: Path) -> dict:
 
 def test_write_creates_the_file_and_the_cni_folder(root: Path, log: Log) -> None:
     path = root / "cni" / f"n6-{CID}_net1"
-    assert deviceinfo.write(str(root), str(path), VF_FULL, log) is True
+    assert not path.parent.exists()
+    deviceinfo.write(str(root), str(path), VF_FULL, log)
     assert read(path) == {"type": "pci", "version": "1.1.0", "pci": deviceinfo.pci_section(VF_FULL)}
     assert stat.S_IMODE(path.stat().st_mode) == FILE_MODE == 0o444
     assert os.listdir(root / "cni") == [path.name]
 
 
-def test_write_over_an_existing_file_returns_false_and_updates_it(root: Path, log: Log) -> None:
+def test_write_over_an_existing_file_updates_it(root: Path, log: Log) -> None:
     path = root / "cni" / "from-device-plugin"
     path.parent.mkdir()
     path.write_text(json.dumps({"type": "pci", "version": "1.0.0", "pci": {"pci-address": "0000:3b:02.1"}, "x": 1}))
     os.chmod(path, 0o444)
     inode = path.stat().st_ino
-    assert deviceinfo.write(str(root), str(path), VF_FULL, log) is False
+    deviceinfo.write(str(root), str(path), VF_FULL, log)
     assert read(path) == {"type": "pci", "version": "1.1.0", "pci": deviceinfo.pci_section(VF_FULL), "x": 1}
     assert path.stat().st_ino != inode
     assert os.listdir(path.parent) == [path.name]
@@ -298,8 +292,9 @@ def test_write_over_an_existing_file_returns_false_and_updates_it(root: Path, lo
 
 def test_write_twice(root: Path, log: Log) -> None:
     path = root / "cni" / "f"
-    assert deviceinfo.write(str(root), str(path), VF, log) is True
-    assert deviceinfo.write(str(root), str(path), VF, log) is False
+    deviceinfo.write(str(root), str(path), VF, log)
+    deviceinfo.write(str(root), str(path), VF, log)
+    assert os.listdir(path.parent) == [path.name]
     assert read(path)["pci"] == {"pci-address": "0000:3b:02.1"}
 
 
@@ -308,7 +303,7 @@ def test_write_over_unusable_content(root: Path, log: Log, content: str) -> None
     path = root / "cni" / "f"
     path.parent.mkdir()
     path.write_text(content)
-    assert deviceinfo.write(str(root), str(path), VF, log) is False
+    deviceinfo.write(str(root), str(path), VF, log)
     assert read(path) == {"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:3b:02.1"}}
     assert str(path) in logged(log)
 

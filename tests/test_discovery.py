@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SYSFS
+from helpers import SYSFS
 
-from deviceid_inject import discovery, vftable
+from deviceid_inject import discovery, protocol, vftable
 from deviceid_inject.discovery import Clues, Host
 from deviceid_inject.pci import SysfsPci
 from deviceid_inject.protocol import CniError
@@ -133,7 +133,7 @@ def test_two_vfs_with_one_mac_is_an_error_naming_both():
     source = table(("ens1f0", 3, "02:aa:00:00:00:0c"), ("ens1f0", 12, "02:aa:00:00:00:0c"))
     with pytest.raises(CniError) as err:
         discovery.discover(Clues(ifname="net1", mac="02:aa:00:00:00:0c"), host("dpdk", source))
-    assert err.value.code == vftable.ERR_AMBIGUOUS_MAC
+    assert err.value.code == protocol.ERR_AMBIGUOUS_MAC
     assert "ens1f0 vf 3 (0000:3b:01.3)" in err.value.msg
     assert "ens1f0 vf 12 (0000:3b:02.4)" in err.value.msg
 

@@ -22,13 +22,6 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    path = tmp_path / "outside"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def linked_root(tmp_path: Path) -> tuple[Path, Path]:
     """A root reached through a symlinked folder, as /var/run/... is through /var/run -> /run.
     Returns (the root through the symlink, the same root resolved)."""

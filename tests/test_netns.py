@@ -10,10 +10,13 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import host_pci_netdev, prev_result, run_plugin
+from helpers import cni_env, host_pci_netdev, prev_result, run_plugin
 
-from deviceid_inject import commands, udev
+from deviceid_inject import commands, discovery, protocol, udev
+from deviceid_inject import config as configuration
 from deviceid_inject import netns as pod_netns
+from deviceid_inject.log import Log
+from deviceid_inject.pci import SysfsPci
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
 HOST_NETNS = f"/proc/{os.getpid()}/ns/net"
@@ -107,9 +110,9 @@ def test_add_check_del_with_a_device_id_in_a_real_netns(netns, veth_in, make_con
 def test_libudev_is_loaded_only_when_the_log_shows_what_it_adds(make_config, monkeypatch, level, asks_libudev):
     name, sysfs_address = host_pci_netdev()
     calls = []
-    real = udev.real_host_pci
-    monkeypatch.setattr(udev, "real_host_pci", lambda log: calls.append(log) or real(log))
-    environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": HOST_NETNS, "CNI_IFNAME": name}
+    real = udev.describer
+    monkeypatch.setattr(udev, "describer", lambda root, log: calls.append(log) or real(root, log))
+    environ = cni_env("ADD", container_id="c1", netns=HOST_NETNS, ifname=name)
     config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
     out, err = io.StringIO(), io.StringIO()
     assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
@@ -117,3 +120,36 @@ def test_libudev_is_loaded_only_when_the_log_shows_what_it_adds(make_config, mon
     assert bool(calls) == asks_libudev
     if asks_libudev:
         assert f"{name} is {sysfs_address}" in err.getvalue()
+
+
+@pytest.mark.parametrize("level", ["error", "warning", "info", "debug"])
+def test_discovery_reads_plain_sysfs_at_every_log_level(make_config, level):
+    """The log level must not choose the discovery code: one view, plain /sys, at every level."""
+    env = protocol.parse_env(
+        {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": HOST_NETNS, "CNI_IFNAME": "x"}
+    )
+    config = configuration.parse(make_config(sysfs=None, logLevel=level))
+    host = commands._host(config, env, Log(level))
+    assert type(host.pci) is SysfsPci and host.pci.root == "/sys"
+
+
+def test_discovery_at_info_finds_the_same_by_the_same_strategies_as_at_warning(make_config, monkeypatch):
+    """ADD at info and at warning: the same address by the same strategy, with the same misses before
+    it."""
+    name, sysfs_address = host_pci_netdev()
+    seen: dict[str, list[str]] = {}
+    real_discover = discovery.discover
+
+    def spy(clues, host, *rest):
+        found = real_discover(clues, host, *rest)
+        seen[level] = [f"{a.strategy}: {a.outcome}" for a in found.attempts]
+        return found
+
+    monkeypatch.setattr(discovery, "discover", spy)
+    for level in ("warning", "info"):
+        environ = cni_env("ADD", container_id="c1", netns=HOST_NETNS, ifname=name)
+        config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
+        out, err = io.StringIO(), io.StringIO()
+        assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
+    assert seen["info"] == seen["warning"]
+    assert seen["info"][-1] == f"netdev sysfs: found {sysfs_address}"

@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -96,7 +97,6 @@ def discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     host = discovery.Host(
         netns_path=args.netns,
         sysfs_root=args.sysfs_root,
-        pci=udev.pci_view(args.sysfs_root, log, use_libudev=True),
         pf_names=args.pf_name,
     )
     clues = discovery.Clues(ifname=args.ifname, mac=args.mac, runtime_device_id=args.device_id)
@@ -111,9 +111,12 @@ def discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             for a in found.attempts
         ],
         "device-info": None,
+        "description": None,
     }
     if found.device is not None:
         report["device-info"] = deviceinfo.merged(None, found.device, log, "")
+        # Found through plain sysfs, as ADD finds it; libudev only adds the hwdb's names.
+        report["description"] = asdict(udev.describer(args.sysfs_root, log).describe(found.device.pci_address))
     out.write(json.dumps(report, indent=2) + "\n")
     return EXIT_OK if found.device else EXIT_NO
 

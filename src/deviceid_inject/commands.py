@@ -12,10 +12,8 @@ from . import config as configuration
 from . import deviceinfo, discovery, files, protocol, udev
 from .config import Config
 from .log import Log
-from .protocol import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_IO, ERR_NO_DEVICE, CniError, Env
+from .protocol import ERR_CHECK_FAILED, ERR_INTERNAL, ERR_INVALID_CONFIG, ERR_IO, ERR_NO_DEVICE, CniError, Env
 from .state import Record, Store
-
-ERR_INTERNAL = 199
 
 # Names for annotations only: typing costs milliseconds to import on every ADD.
 TYPE_CHECKING = False
@@ -49,7 +47,7 @@ def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
         return result
     device = found.device
     if log.enabled("info"):  # describing the function asks libudev's hwdb: only when it is logged
-        log.info(f"{env.ifname} is {device.pci_address} (by {device.strategy}); {_describe(host, device)}")
+        log.info(f"{env.ifname} is {device.pci_address} (by {device.strategy}); {_describe(config, device, log)}")
     target = deviceinfo.target(
         config.device_info_root, config.runtime_device_info_file, config.name, env.container_id, env.ifname
     )
@@ -195,19 +193,20 @@ def _clues(config: Config, iface: dict[str, Any] | None, ifname: str) -> discove
 
 
 def _host(config: Config, env: Env, log: Log) -> discovery.Host:
+    # Discovery reads plain sysfs (Host's default view) at every log level; libudev only describes.
     return discovery.Host(
         netns_path=env.netns,
         sysfs_root=config.sysfs_root,
-        # libudev only when the log shows what it adds (hwdb names): loading it (pyudev runs
-        # `ldconfig -p` to find it) costs more than the rest of ADD.
-        pci=udev.pci_view(config.sysfs_root, log, use_libudev=log.enabled("info")),
         pf_names=config.pf_names,
         vhost_net=discovery.VHOST_NET if config.vhost_net else None,
     )
 
 
-def _describe(host: discovery.Host, device: discovery.Device) -> str:
-    d = host.pci.describe(device.pci_address)
+def _describe(config: Config, device: discovery.Device, log: Log) -> str:
+    """The driver and ids of the found function, for the log line that shows them. libudev's hwdb
+    names them on a real host; loading it (pyudev runs `ldconfig -p`) costs more than the rest of
+    ADD, hence only here, behind log.enabled("info")."""
+    d = udev.describer(config.sysfs_root, log).describe(device.pci_address)
     return f"driver {d.driver or '-'}, vendor {d.vendor or '-'}, device {d.device or '-'}"
 
 
@@ -245,7 +244,8 @@ def _writable(folder: str) -> bool:
     return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
 
 
-COMMANDS: dict[str, Command] = {
+# The handler of each command but VERSION, which needs no config (protocol.COMMANDS: every name).
+HANDLERS: dict[str, Command] = {
     "ADD": cmd_add,
     "DEL": cmd_del,
     "CHECK": cmd_check,
@@ -272,7 +272,7 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Tex
         if config.log_file:
             log.open_file(config.log_file)
         log.context = f"{env.command} {env.container_id}/{env.ifname}: " if env.container_id else f"{env.command}: "
-        result = COMMANDS[env.command](env, config, log)
+        result = HANDLERS[env.command](env, config, log)
         if result is not None:
             protocol.write_json(stdout, result)
         return 0

@@ -2,14 +2,23 @@
 
 jsonschema is the validator of record, but importing it costs more than a whole ADD,
 and every pod of a network sends the same plugin config. So a config that passed is
-remembered by its static part under <dataDir>/.validated/ (root-owned,
-like the state), and jsonschema runs once per config and plugin version, not once per
-pod. The keys the runtime fills in per attachment (prevResult, runtimeConfig, the GC
-list) are left out of the digest and checked on every run by `_attachment_errors`.
+remembered by its static part under <dataDir>/.validated/ (root-owned, like the state),
+and jsonschema runs once per config, not once per pod. An entry is keyed by what decides
+the outcome besides the config: a checksum of the schema file's own bytes and the build
+(the binary's build id; from source, this module's source), so a stricter schema or new
+validation code never trusts an old "valid"; a miss prunes entries of other keys.
+
+The keys the runtime fills in per attachment (prevResult, runtimeConfig, the GC list)
+differ on every run, so they are left out of the entry and checked on every run by
+`_attachment_errors`, by hand, because only a hand-written check is cheaper than importing
+jsonschema. Those checks are a second statement of what schema.json says of those keys; the
+differential fuzz test in tests/test_bad_input.py (a config first seen against the same
+config answered from the cache) fails as soon as the two disagree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zlib
@@ -112,16 +121,38 @@ def _is_abs_path(path: str) -> bool:
     return path.startswith("/") and "\0" not in path and ".." not in path.split("/")
 
 
+def _cache_key() -> str:
+    """What decides a config's outcome besides the config itself: the schema's bytes and the
+    validating code. zlib's checksum, not hashlib (milliseconds to import on every ADD); an
+    accidental match is harmless because the entry holds this key and is compared in full."""
+    with open(SCHEMA_PATH, "rb") as f:
+        schema = f.read()
+    return f"{__version__} build {_build_id()} schema {zlib.crc32(schema):08x}-{len(schema)}"
+
+
+def _build_id() -> str:
+    try:
+        from . import _build  # written by build.sh into the compiled binary only
+
+        return str(getattr(_build, "BUILD_ID", _build.COMMIT))
+    except ImportError:  # from source: the validating code is this file
+        with open(__file__, "rb") as f:
+            return f"source-{zlib.crc32(f.read()):08x}"
+
+
 def _validation_entry(raw: dict[str, Any]) -> tuple[str, bytes] | None:
-    """Where the fact "this config is valid" is kept and what that file holds: the plugin version
-    and the canonical static config. The name is only a checksum; the content is compared in
-    full, so no collision can pass a config off as validated. None when dataDir is unusable."""
+    """Where the fact "this config is valid" is kept and what that file holds: the cache key and
+    the canonical static config. The name is only checksums (of the key, then of the content); the
+    content is compared in full, so no collision can pass a config off as validated. None when
+    dataDir is unusable."""
     data_dir = raw.get("dataDir", DEFAULT_DATA_DIR)
     if not isinstance(data_dir, str) or not _is_abs_path(data_dir):
         return None
     static = {key: value for key, value in raw.items() if key not in PER_ATTACHMENT_KEYS}
-    text = (__version__ + "\n" + json.dumps(static, sort_keys=True, separators=(",", ":"))).encode()
-    return os.path.join(data_dir, VALIDATED_DIR, f"{zlib.crc32(text):08x}-{len(text)}"), text
+    key = _cache_key().encode()
+    text = key + b"\n" + json.dumps(static, sort_keys=True, separators=(",", ":")).encode()
+    name = f"{zlib.crc32(key):08x}-{zlib.crc32(text):08x}-{len(text)}"
+    return os.path.join(data_dir, VALIDATED_DIR, name), text
 
 
 def _known_valid(entry: tuple[str, bytes]) -> bool:
@@ -141,12 +172,29 @@ def _remember_valid(entry: tuple[str, bytes]) -> None:
         pass  # only a cache: the next run validates again
 
 
+def _prune_stale(entry: tuple[str, bytes]) -> None:
+    """Remove entries made under another schema or build: they can never be trusted again. Only
+    on a miss, which pays for jsonschema anyway; a hit never lists the folder."""
+    folder, name = os.path.split(entry[0])
+    prefix = name.split("-", 1)[0] + "-"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for other in names:
+        if not other.startswith((prefix, ".")):  # dot names: another run's temporary file
+            with contextlib.suppress(CniError):  # a folder or worse: never read as an entry either
+                files.remove(os.path.join(folder, other))
+
+
 def validate(raw: dict[str, Any]) -> None:
     """Raise code 7 naming every offending key; jsonschema runs only for a config not seen before."""
     entry = _validation_entry(raw)
     if entry and _known_valid(entry):
         errors = _attachment_errors(raw)
     else:
+        if entry:
+            _prune_stale(entry)
         errors = schema_errors(raw)
         if not errors and entry:
             _remember_valid(entry)

@@ -31,7 +31,6 @@ _MAX_NAME_BYTES = 255 - 17
 @dataclass(frozen=True)
 class Target:
     path: str
-    given: bool  # True when Multus named the path
 
 
 def fallback_name(network: str, container_id: str, ifname: str) -> str:
@@ -61,10 +60,10 @@ def _digest(text: str, length: int) -> str:
 def target(root: str, given_path: str | None, network: str, container_id: str, ifname: str) -> Target:
     if given_path:
         files.require_inside(root, given_path, "CNIDeviceInfoFile")
-        return Target(given_path, given=True)
+        return Target(given_path)
     path = os.path.join(root, "cni", fallback_name(network, container_id, ifname))
     files.require_inside(root, path, "device-info file")
-    return Target(path, given=False)
+    return Target(path)
 
 
 def pci_section(device: Device) -> dict[str, str]:
@@ -95,8 +94,8 @@ def merged(existing: Any, device: Device, log: Log, path: str) -> dict[str, Any]
     return document
 
 
-def write(root: str, path: str, device: Device, log: Log) -> bool:
-    """Write or update the device-info file; True when the file did not exist before."""
+def write(root: str, path: str, device: Device, log: Log) -> None:
+    """Write or update the device-info file (keeping the keys of one a device plugin made)."""
     # Judged again before and after making folders: one may have become a symlink meanwhile.
     files.require_inside(root, path, "device-info file")
     files.make_dirs(os.path.dirname(path))
@@ -107,7 +106,6 @@ def write(root: str, path: str, device: Device, log: Log) -> bool:
         log.warning(str(exc))
         existing = {}
     files.write_json(path, merged(existing, device, log, path), FILE_MODE)
-    return existing is None
 
 
 def read_address(path: str) -> str | None:

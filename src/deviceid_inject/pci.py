@@ -2,7 +2,8 @@
 
 `/sys/bus/pci/devices/<addr>` is the same in every network namespace, so these
 reads need no namespace work. `SysfsPci` reads a sysfs tree (the real /sys or a
-fixture shaped like it); `udev.UdevPci` is the same reader seen through libudev.
+fixture shaped like it): the one view discovery uses, at every log level; libudev
+(`udev.UdevDescriber`) only names a function for the log.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ ERR_TRY_AGAIN = 11
 ERR_PLUGIN_NOT_AVAILABLE = 50
 ERR_NO_DEVICE = 100
 ERR_CHECK_FAILED = 101
+ERR_AMBIGUOUS_MAC = 102  # two VFs carry the MAC looked for
+ERR_INTERNAL = 199  # a bug of ours, still reported as one error object
 
 # A plugin config is a few KiB; prevResults with many IPs stay far below this.
 MAX_STDIN_BYTES = 4 * 1024 * 1024
@@ -181,7 +183,7 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-def require_version(cni_version: Any, command: str) -> str:
+def require_version(cni_version: Any, command: str) -> None:
     """Check the config's cniVersion against what we speak and what the command needs."""
     if cni_version not in SUPPORTED_VERSIONS:
         raise CniError(
@@ -191,7 +193,6 @@ def require_version(cni_version: Any, command: str) -> str:
     needed = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}.get(command)
     if needed and not version_at_least(cni_version, needed):
         raise CniError(ERR_INCOMPATIBLE_VERSION, f"cniVersion {cni_version} does not allow {command} (needs {needed})")
-    return cni_version
 
 
 def convert_result(prev: dict[str, Any], cni_version: str) -> dict[str, Any]:

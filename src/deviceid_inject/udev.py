@@ -1,10 +1,10 @@
-"""The PCI tree as libudev sees it, through pyudev: the view used on a real host.
+"""libudev's description of a PCI function, through pyudev: for the log and `discover` only.
 
-Same questions as pci.SysfsPci, answered from libudev's device objects where it
-knows more (the parent chain, the driver, the hwdb names); the SR-IOV links it
-has no API for are read from the sysfs folder libudev reports. When libudev
-cannot be loaded (a node without libudev.so.1), `real_host_pci` falls back to
-plain sysfs reads, so discovery has one code path and two views.
+Discovery always reads plain sysfs (pci.SysfsPci), whatever the log level, so turning
+logging on can never change which device is found or how. What libudev adds is words:
+the hwdb's vendor and model names beside the driver. So it is asked only where a
+description is shown (ADD at log level info and above, the `discover` subcommand), and
+when it cannot be loaded (a node without libudev.so.1) the plain sysfs ids stand in.
 """
 
 from __future__ import annotations
@@ -13,21 +13,14 @@ from .log import Log
 from .pci import Description, SysfsPci
 
 
-class UdevPci(SysfsPci):
+class UdevDescriber:
+    """Describes a PCI function from libudev's device object and hwdb properties."""
+
     def __init__(self) -> None:
         import pyudev
 
         self._pyudev = pyudev
         self.context = pyudev.Context()
-        super().__init__(self.context.sys_path)
-
-    def pci_parent(self, device_path: str) -> str | None:
-        try:
-            device = self._pyudev.Devices.from_sys_path(self.context, device_path)
-        except self._pyudev.DeviceNotFoundError:
-            return None
-        pci = device if device.subsystem == "pci" else device.find_parent("pci")
-        return pci.sys_name if pci is not None else None
 
     def describe(self, address: str) -> Description:
         try:
@@ -43,18 +36,13 @@ class UdevPci(SysfsPci):
         )
 
 
-def pci_view(sysfs_root: str | None, log: Log, use_libudev: bool) -> SysfsPci:
-    """The view discovery reads: a fixture tree as files; a real host through libudev when the
-    caller wants what it adds, else /sys directly."""
+def describer(sysfs_root: str | None, log: Log) -> UdevDescriber | SysfsPci:
+    """What describes a function: a fixture tree's own files, else libudev on the real host,
+    else plain /sys reads when libudev does not load."""
     if sysfs_root:
         return SysfsPci(sysfs_root)
-    return real_host_pci(log) if use_libudev else SysfsPci("/sys")
-
-
-def real_host_pci(log: Log) -> SysfsPci:
-    """libudev's view of /sys when it loads, plain /sys reads when it does not."""
     try:
-        return UdevPci()
+        return UdevDescriber()
     except (ImportError, OSError) as exc:
-        log.debug(f"libudev not usable ({exc}); reading /sys directly")
+        log.debug(f"libudev not usable ({exc}); describing from /sys directly")
         return SysfsPci("/sys")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .protocol import CniError
+from .protocol import ERR_AMBIGUOUS_MAC, CniError
 
 # Names for annotations only: typing costs milliseconds to import on every ADD.
 TYPE_CHECKING = False
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
     Source = Callable[[Sequence[str]], "list[VfEntry]"]
 
-ERR_AMBIGUOUS_MAC = 102
 RTEXT_FILTER_VF = 1
 
 

@@ -1,18 +1,14 @@
-"""Shared helpers for the suites that drive deviceid-inject as a whole: real chains through cnitool
-(test_cnitool, test_load), faults (test_faults) and bad input (test_bad_input).
+"""Test helpers, imported as a plain module (`from helpers import ...`); the fixtures are in conftest.
 
-- `impl`: every test that uses it runs against `python -m deviceid_inject` and, when
-  DEVICEID_INJECT_EXE is set, against that executable too. It points conftest's run_plugin
-  (which reads DEVICEID_INJECT_EXE at call time) at the implementation under test.
-- `cni_path`: a CNI_PATH with a `deviceid-inject` executable (a symlink to the executable, or a
-  tiny sh wrapper that execs this Python) followed by .tools/cni-bin (cnitool, host-device, tuning).
-- conflist templates in testdata/conflists/*.conflist, rendered with `${key}` placeholders.
+- Paths and constants defined once: REPO, TESTDATA, SYSFS, CONFLISTS, the cnitool folder, the
+  vf-iavf fixture's net1, the CNI versions we speak.
+- Running the plugin as a runtime would: `cni_env` (the one builder of a CNI environment),
+  `run_plugin`, `plugin_command`. DEVICEID_INJECT_EXE names the executable under test (the
+  Nuitka binary); unset, it is `python -m deviceid_inject`.
+- Conflist templates in testdata/conflists/*.conflist, rendered with `${key}` placeholders.
 - `Cnitool`: runs cnitool in a private mount namespace with a scratch folder bound over
   /var/lib/cni, so its result cache never touches the host's and `gc` could reach nothing else.
-- `host_veth`: veth pairs on the host for host-device to move into a pod netns; removed afterwards.
-- helpers that say what a device-info tree and a dataDir hold, and the CNI output contract.
-
-Test modules load this file with `pytest_plugins = ["chain"]`.
+- What a device-info tree and a dataDir hold, and the CNI output contract.
 """
 
 from __future__ import annotations
@@ -21,26 +17,23 @@ import contextlib
 import hashlib
 import json
 import os
-import shlex
 import signal
 import string
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from conftest import passed_through
 
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / "testdata"
-CONFLISTS = TESTDATA / "conflists"
 SYSFS = TESTDATA / "sysfs"
+CONFLISTS = TESTDATA / "conflists"
 CNI_BIN = REPO / ".tools" / "cni-bin"
 CNITOOL = CNI_BIN / "cnitool"
 
@@ -62,7 +55,103 @@ def have_cni_tools() -> bool:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, mounts)")
 
 
-# --- the implementation under test -----------------------------------------------------------------
+def host_pci_netdev() -> tuple[str, str]:
+    """A PCI-backed netdev of this host and its address, read straight from the host's sysfs."""
+    from deviceid_inject.pci import address_in_path
+
+    for name in sorted(os.listdir("/sys/class/net")):
+        device = f"/sys/class/net/{name}/device"
+        if os.path.exists(device):
+            address = address_in_path(os.path.realpath(device))
+            if address:
+                return name, address
+    pytest.skip("this host has no PCI-backed netdev")
+
+
+# Handed through to every plugin process: where the interpreter finds the package, and where
+# the binary's launcher unpacks (a folder of the test session's, not the host's /var/cache).
+PASSED_THROUGH = ("PYTHONPATH", "DEVICEID_INJECT_CACHE")
+
+
+def passed_through() -> dict[str, str]:
+    return {key: os.environ[key] for key in PASSED_THROUGH if os.environ.get(key)}
+
+
+def cni_env(
+    command: str,
+    *,
+    container_id: str = "ctr-1",
+    netns: str = "/proc/self/ns/net",
+    ifname: str = "net1",
+    **overrides: str | None,
+) -> dict[str, str]:
+    """The environment a runtime gives the plugin for one call: PATH, the CNI_* variables and what
+    PASSED_THROUGH names. `overrides` (e.g. CNI_ARGS) win; a None value drops that variable."""
+    environ = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": ifname,
+        "CNI_PATH": "/opt/cni/bin",
+        **passed_through(),
+        **overrides,
+    }
+    return {key: value for key, value in environ.items() if value is not None}
+
+
+def plugin_command() -> list[str]:
+    exe = os.environ.get("DEVICEID_INJECT_EXE")
+    return [exe] if exe else [sys.executable, "-m", "deviceid_inject"]
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def run_plugin(
+    command: str,
+    config: dict[str, Any] | bytes | None,
+    *,
+    container_id: str = "ctr-1",
+    ifname: str = "net1",
+    netns: str = "/proc/self/ns/net",
+    env: dict[str, str] | None = None,
+) -> Run:
+    """Run the plugin once, like a runtime: CNI_* in the environment, the config on stdin."""
+    environ = cni_env(command, container_id=container_id, netns=netns, ifname=ifname, **(env or {}))
+    stdin = config if isinstance(config, bytes) else json.dumps(config or {}).encode()
+    proc = subprocess.run(plugin_command(), input=stdin, env=environ, capture_output=True, timeout=60)
+    run = Run(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    # Whatever happened, the protocol channel holds one JSON object or nothing, and no traceback leaks.
+    assert "Traceback" not in run.stdout + run.stderr, run.stderr
+    if run.stdout.strip():
+        assert isinstance(run.json, dict), run.stdout
+    if run.code != 0:
+        assert set(run.json) == {"cniVersion", "code", "msg", "details"}, run.stdout
+    return run
+
+
+def prev_result(version: str = "1.1.0", ifname: str = "net1", mac: str = "02:00:00:00:00:01", **iface: Any) -> dict:
+    ip: dict[str, Any] = {"address": "10.10.0.5/24", "gateway": "10.10.0.1", "interface": 0}
+    if not version.startswith("1."):
+        ip["version"] = "4"
+    return {
+        "cniVersion": version,
+        "interfaces": [{"name": ifname, "mac": mac, "sandbox": "/var/run/netns/pod", **iface}],
+        "ips": [ip],
+        "dns": {"nameservers": ["10.96.0.10"]},
+    }
+
+
+# --- the implementation under test (conftest's `impl` fixture) ----------------------------------
 
 
 @dataclass(frozen=True)
@@ -78,31 +167,6 @@ def implementations() -> list[Any]:
     return impls
 
 
-@pytest.fixture(params=implementations())
-def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Impl:
-    """The implementation under test; conftest's run_plugin follows it for the whole test."""
-    exe = os.environ.get("DEVICEID_INJECT_EXE")
-    if request.param == "exe":
-        assert exe
-        return Impl("exe", (exe,))
-    monkeypatch.delenv("DEVICEID_INJECT_EXE", raising=False)
-    return Impl("python", (sys.executable, "-m", "deviceid_inject"))
-
-
-@pytest.fixture
-def cni_path(impl: Impl, tmp_path: Path) -> str:
-    """CNI_PATH: a folder holding `deviceid-inject` for `impl`, then .tools/cni-bin."""
-    folder = tmp_path / "plugin-bin"
-    folder.mkdir()
-    plugin = folder / "deviceid-inject"
-    if impl.name == "exe":
-        plugin.symlink_to(impl.command[0])
-    else:
-        plugin.write_text(f'#!/bin/sh\nexec {shlex.join(impl.command)} "$@"\n')
-        plugin.chmod(0o755)
-    return f"{folder}:{CNI_BIN}"
-
-
 # --- conflists -----------------------------------------------------------------------------------
 
 
@@ -114,12 +178,29 @@ def render_conflist(template: str, **values: Any) -> dict[str, Any]:
     return json.loads(string.Template(text).substitute(escaped))
 
 
-def write_conflist(folder: Path, template: str, **values: Any) -> dict[str, Any]:
-    """Render a template into `folder` (a NETCONFPATH) as <name>.conflist; returns the conflist."""
+def write_conflist(
+    folder: Path, template: str, inject: Mapping[str, Any] | None = None, **values: Any
+) -> dict[str, Any]:
+    """Render a template into `folder` (a NETCONFPATH) as <name>.conflist; returns the conflist.
+    `inject` sets keys of the deviceid-inject entry; a None value removes the key (e.g. sysfsRoot,
+    for the production path: the pod's own netns and the real /sys)."""
     conflist = render_conflist(template, **values)
+    for plugin in conflist["plugins"]:
+        if plugin["type"] == "deviceid-inject":
+            for key, value in (inject or {}).items():
+                if value is None:
+                    plugin.pop(key, None)
+                else:
+                    plugin[key] = value
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{conflist['name']}.conflist").write_text(json.dumps(conflist, indent=2))
     return conflist
+
+
+# The production path: no sysfsRoot, so discovery forks into the pod's netns and mounts a private
+# sysfs there; a veth is found to be no PCI function, which `required: false` lets pass.
+POD_NETNS = {"sysfsRoot": None, "required": False}
+VETH_NOT_PCI = "/sys/class/net/net1 has no device link: a virtual netdev"
 
 
 # --- cnitool -------------------------------------------------------------------------------------
@@ -223,18 +304,6 @@ class Cnitool:
         return sorted(os.listdir(folder)) if folder.is_dir() else []
 
 
-@pytest.fixture
-def cnitool(cni_path: str, tmp_path: Path) -> Cnitool:
-    if not have_cni_tools():
-        pytest.skip(f"cnitool and the reference plugins are not built in {CNI_BIN} (make setup)")
-    os.makedirs("/var/lib/cni", exist_ok=True)  # the bind mount's target; libcni's default cache
-    netconf = tmp_path / "net.d"
-    cache = tmp_path / "cni-cache"
-    netconf.mkdir()
-    cache.mkdir()
-    return Cnitool(cni_path, netconf, cache)
-
-
 # --- links and namespaces ------------------------------------------------------------------------
 
 
@@ -245,25 +314,6 @@ def ip(*args: str) -> str:
 def link_exists(name: str, netns: str | None = None) -> bool:
     argv = ["ip", *(["-n", netns] if netns else []), "link", "show", "dev", name]
     return subprocess.run(argv, capture_output=True).returncode == 0
-
-
-@pytest.fixture
-def host_veth() -> Iterator[Callable[[], tuple[str, str]]]:
-    """Make veth pairs on the host: (host end, end for host-device to move). Both go afterwards."""
-    made: list[str] = []
-
-    def make() -> tuple[str, str]:
-        token = uuid.uuid4().hex[:8]
-        host, peer = f"dth{token}", f"dtp{token}"
-        ip("link", "add", host, "type", "veth", "peer", "name", peer)
-        made.append(host)
-        return host, peer
-
-    try:
-        yield make
-    finally:
-        for host in made:  # deleting one end deletes both, wherever the other end is
-            subprocess.run(["ip", "link", "del", host], capture_output=True)
 
 
 # --- what the trees hold -------------------------------------------------------------------------
