@@ -17,7 +17,7 @@ set -euo pipefail
 CNITOOL_VERSION="v1.3.1"        # github.com/containernetworking/cni: cnitool has add/check/del/gc/status
 CNI_PLUGINS_VERSION="v1.10.0"   # github.com/containernetworking/plugins: supports CNI 0.1.0 .. 1.1.0;
                                 # its go.mod needs Go >= 1.26.8 (older local Go: GOTOOLCHAIN=auto fetches it)
-CNI_PLUGINS=(main/host-device meta/tuning main/loopback)
+CNI_PLUGINS=(main/host-device meta/tuning main/loopback main/macvlan)
 APT_PACKAGES=(iproute2 ethtool patchelf util-linux jq time gcc etcd-server openssl)
 # Multus: the first release with the device-info gate is v3.7.2; v3.7.1 still behaves like v3.7.
 MULTUS_V4_VERSIONS=(v4.0.2)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
-pytest.register_assert_rewrite("helpers")
+pytest.register_assert_rewrite("helpers", "kube", "multus")
 
 from helpers import (  # noqa: E402
     CNI_BIN,
@@ -30,6 +30,8 @@ from helpers import (  # noqa: E402
     ip,
     prev_result,
 )
+from kube import ApiServer, missing_tools  # noqa: E402
+from multus import make_mount_points, remove_mount_points  # noqa: E402
 
 sys.path.insert(0, str(TESTDATA))
 
@@ -183,3 +185,25 @@ def host_veth() -> Iterator[Callable[[], tuple[str, str]]]:
     finally:
         for host in made:  # deleting one end deletes both, wherever the other end is
             subprocess.run(["ip", "link", "del", host], capture_output=True)
+
+
+# --- the Kubernetes test bed (tests/kube.py, tests/multus.py) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory) -> Iterator[ApiServer]:
+    """etcd and kube-apiserver on loopback for the whole session, with the NAD CRD installed;
+    both stopped at the end, also when a test failed. Multus's fixed node paths get their
+    mount points here (private mount namespaces bind scratch folders over them)."""
+    missing = missing_tools()
+    if missing:
+        pytest.fail(f"the Kubernetes test bed is not installed ({', '.join(missing)}): run make setup")
+    server = ApiServer(tmp_path_factory.mktemp("kube"))
+    made = make_mount_points()
+    try:
+        server.start()
+        server.install_nad_crd()
+        yield server
+    finally:
+        server.stop()
+        remove_mount_points(made)

@@ -1,0 +1,322 @@
+"""A real Kubernetes API for the tests: Debian's etcd and kube-apiserver (built by
+scripts/install-tools.sh) on loopback, with RBAC on, and a small HTTPS client for it.
+
+No kubelet and no controller-manager: a Pod created with spec.nodeName set stays Pending,
+which is all Multus and the bridge need. Everything lives in one scratch folder; `stop`
+ends both processes (their whole process groups) and the folder goes with the session.
+Clients authenticate with static tokens (--token-auth-file) or with service-account
+tokens that the API server itself issues (TokenRequest), so RBAC and admission policies
+are judged exactly as in a cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from helpers import REPO, TESTDATA
+
+K8S_TOOLS = REPO / ".tools" / "k8s"
+KUBERNETES_VERSION = "v1.34.2"
+APISERVER = K8S_TOOLS / f"kube-apiserver-{KUBERNETES_VERSION}" / "kube-apiserver"
+ETCD = Path("/usr/bin/etcd")
+ADMIN_TOKEN = "deviceid-inject-test-admin"  # a static token of the loopback test bed
+NAD_CRD = TESTDATA / "k8s" / "nad-crd.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def missing_tools() -> list[str]:
+    return [str(p) for p in (APISERVER, ETCD) if not os.access(p, os.X_OK)]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Api:
+    """One identity's view of the API server: plain HTTPS with a bearer token."""
+
+    url: str
+    ca_file: str
+    token: str
+    _ssl: ssl.SSLContext = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._ssl = ssl.create_default_context(cafile=self.ca_file)
+
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json", timeout: float = 30
+    ) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, context=self._ssl, timeout=timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = raw.decode(errors="replace")
+            raise ApiError(err.code, parsed) from None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:  # /readyz and friends answer in plain text
+            return raw.decode(errors="replace")
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self.request("POST", path, body)
+
+    def put(self, path: str, body: Any) -> Any:
+        return self.request("PUT", path, body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def merge_patch(self, path: str, body: Any) -> Any:
+        return self.request("PATCH", path, body, "application/merge-patch+json")
+
+    def status_code(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> int:
+        """The HTTP status of one request (200 when it succeeded), for tests of refusals."""
+        try:
+            self.request(method, path, body, content_type)
+        except ApiError as err:
+            return err.status
+        return 200
+
+    def kubeconfig(self, path: Path, user: str = "test") -> Path:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {"server": self.url, "certificate-authority": self.ca_file}}],
+            "users": [{"name": user, "user": {"token": self.token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
+            "current-context": "test",
+        }
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
+
+
+class ApiServer:
+    """etcd and kube-apiserver in `workdir`, listening on 127.0.0.1 only."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.etcd: subprocess.Popen | None = None
+        self.apiserver: subprocess.Popen | None = None
+        self.port = 0
+        self.etcd_port = 0
+        self.logs: list[Any] = []
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> str:
+        # With no --tls-cert-file the API server makes a self-signed certificate in --cert-dir.
+        return str(self.workdir / "certs" / "apiserver.crt")
+
+    def api(self, token: str = ADMIN_TOKEN) -> Api:
+        return Api(self.url, self.ca_file, token)
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._keys()
+        (self.workdir / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin-uid,"system:masters"\n')
+        self._start_etcd()
+        self.start_apiserver()
+
+    def _keys(self) -> None:
+        key = self.workdir / "sa.key"
+        if not key.exists():
+            subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+            subprocess.run(
+                ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(self.workdir / "sa.pub")],
+                check=True,
+                capture_output=True,
+            )
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.logs.append(log)
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _start_etcd(self) -> None:
+        self.etcd_port, peer = free_port(), free_port()
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        self.etcd = self._spawn(
+            "etcd",
+            [
+                str(ETCD),
+                "--data-dir", str(self.workdir / "etcd"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-cluster", f"default=http://127.0.0.1:{peer}",
+                "--log-level", "warn",
+            ],
+        )  # fmt: skip
+        self._wait(lambda: _http_ok(f"{client}/health"), "etcd", self.etcd)
+
+    def start_apiserver(self) -> None:
+        """Start (or start again, on the same port and etcd) the API server and wait until ready."""
+        self.port = self.port or free_port()
+        self.apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                str(APISERVER),
+                "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
+                "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+                "--secure-port", str(self.port),
+                "--cert-dir", str(self.workdir / "certs"),
+                "--token-auth-file", str(self.workdir / "tokens.csv"),
+                "--authorization-mode", "RBAC",
+                "--service-account-issuer", "https://kubernetes.default.svc",
+                "--service-account-key-file", str(self.workdir / "sa.pub"),
+                "--service-account-signing-key-file", str(self.workdir / "sa.key"),
+                "--service-cluster-ip-range", "10.96.0.0/16",
+                # No controller-manager makes service-account token secrets; tokens come from TokenRequest.
+                "--disable-admission-plugins", "ServiceAccount",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+            ],
+        )  # fmt: skip
+        self._wait(self._ready, "kube-apiserver", self.apiserver, timeout=120)
+
+    def _ready(self) -> bool:
+        if not os.path.exists(self.ca_file):
+            return False
+        try:
+            return self.api().request("GET", "/readyz", timeout=5) == "ok"
+        except (ApiError, OSError, ValueError):
+            return False
+
+    def _wait(self, ready: Any, name: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}: see {self.workdir}/{name}.log")
+            if ready():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} not ready after {timeout} s: see {self.workdir}/{name}.log")
+
+    def stop_apiserver(self) -> None:
+        _stop(self.apiserver)
+        self.apiserver = None
+
+    def stop(self) -> None:
+        self.stop_apiserver()
+        _stop(self.etcd)
+        self.etcd = None
+        for log in self.logs:
+            log.close()
+        self.logs.clear()
+
+    # --- what the tests set up through the API -------------------------------------------------------
+
+    def install_nad_crd(self) -> None:
+        api = self.api()
+        api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json.loads(NAD_CRD.read_text()))
+        path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/network-attachment-definitions.k8s.cni.cncf.io"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            conditions = api.get(path).get("status", {}).get("conditions", [])
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                # The discovery of a new group takes a moment more to reach every handler.
+                with contextlib.suppress(ApiError):
+                    api.get("/apis/k8s.cni.cncf.io/v1/network-attachment-definitions")
+                    return
+            time.sleep(0.2)
+        raise RuntimeError("the NetworkAttachmentDefinition CRD did not become established")
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+# --- objects -----------------------------------------------------------------------------------------
+
+
+def namespace(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+
+def nad(name: str, config: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "k8s.cni.cncf.io/v1",
+        "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name, "annotations": annotations or {}},
+        "spec": {"config": json.dumps(config)},
+    }
+
+
+def pod(name: str, node: str, networks: Any, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Pod bound to `node`; `networks` is the k8s.v1.cni.cncf.io/networks value (text, or a list
+    that becomes the JSON form)."""
+    selection = networks if isinstance(networks, str) else json.dumps(networks)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "annotations": {"k8s.v1.cni.cncf.io/networks": selection, **(annotations or {})}},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }
+
+
+def network_status(pod_object: dict[str, Any]) -> list[dict[str, Any]] | None:
+    raw = pod_object["metadata"].get("annotations", {}).get("k8s.v1.cni.cncf.io/network-status")
+    return None if raw is None else json.loads(raw)
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
