@@ -45,6 +45,24 @@ def test_add_puts_pciid_into_the_result_in_the_configs_version(make_config, vers
     assert result["dns"] == {"nameservers": ["10.96.0.10"]}
 
 
+def test_add_records_whose_attachment_it_is_and_the_device_info_it_wrote(make_config, roots):
+    # Multus hands every delegate its own CNI_ARGS followed by the runtime's: keys repeat.
+    args = (
+        "IgnoreUnknown=true;K8S_POD_NAMESPACE=ran;K8S_POD_NAME=upf-0;K8S_POD_INFRA_CONTAINER_ID=ctr-1;"
+        "K8S_POD_UID=0d180aac;IgnoreUnknown=1;K8S_POD_NAMESPACE=ran;K8S_POD_NAME=upf-0;K8S_POD_UID=0d180aac"
+    )
+    assert run_plugin("ADD", make_config(), env={"CNI_ARGS": args}).code == 0
+    record = read(roots["state"] / "ctr-1" / "net1.json")
+    assert (record["pod_namespace"], record["pod_name"], record["pod_uid"]) == ("ran", "upf-0", "0d180aac")
+    assert record["device_info"] == read(roots["devinfo"] / FALLBACK)
+
+
+def test_add_without_kubernetes_args_records_no_pod(make_config, roots):
+    assert run_plugin("ADD", make_config()).code == 0
+    record = read(roots["state"] / "ctr-1" / "net1.json")
+    assert (record["pod_namespace"], record["pod_name"], record["pod_uid"]) == (None, None, None)
+
+
 def test_add_converts_a_prev_result_of_another_version(make_config):
     run = run_plugin("ADD", make_config(version="0.3.1", prev=prev_result("1.0.0")))
     assert run.json["cniVersion"] == "0.3.1"

@@ -32,6 +32,11 @@ VF_FULL = Device(
 )
 
 
+def write_file(root: str, path: str, device: Device, log: Log) -> None:
+    """What ADD does with a device-info file: compose the document, then write it."""
+    deviceinfo.write(path, deviceinfo.compose(root, path, device, log))
+
+
 @pytest.fixture
 def log() -> Log:
     return Log("debug", stream=io.StringIO())
@@ -272,7 +277,7 @@ def read(path: Path) -> dict:
 def test_write_creates_the_file_and_the_cni_folder(root: Path, log: Log) -> None:
     path = root / "cni" / f"n6-{CID}_net1"
     assert not path.parent.exists()
-    deviceinfo.write(str(root), str(path), VF_FULL, log)
+    write_file(str(root), str(path), VF_FULL, log)
     assert read(path) == {"type": "pci", "version": "1.1.0", "pci": deviceinfo.pci_section(VF_FULL)}
     assert stat.S_IMODE(path.stat().st_mode) == FILE_MODE == 0o444
     assert os.listdir(root / "cni") == [path.name]
@@ -284,7 +289,7 @@ def test_write_over_an_existing_file_updates_it(root: Path, log: Log) -> None:
     path.write_text(json.dumps({"type": "pci", "version": "1.0.0", "pci": {"pci-address": "0000:3b:02.1"}, "x": 1}))
     os.chmod(path, 0o444)
     inode = path.stat().st_ino
-    deviceinfo.write(str(root), str(path), VF_FULL, log)
+    write_file(str(root), str(path), VF_FULL, log)
     assert read(path) == {"type": "pci", "version": "1.1.0", "pci": deviceinfo.pci_section(VF_FULL), "x": 1}
     assert path.stat().st_ino != inode
     assert os.listdir(path.parent) == [path.name]
@@ -292,8 +297,8 @@ def test_write_over_an_existing_file_updates_it(root: Path, log: Log) -> None:
 
 def test_write_twice(root: Path, log: Log) -> None:
     path = root / "cni" / "f"
-    deviceinfo.write(str(root), str(path), VF, log)
-    deviceinfo.write(str(root), str(path), VF, log)
+    write_file(str(root), str(path), VF, log)
+    write_file(str(root), str(path), VF, log)
     assert os.listdir(path.parent) == [path.name]
     assert read(path)["pci"] == {"pci-address": "0000:3b:02.1"}
 
@@ -303,7 +308,7 @@ def test_write_over_unusable_content(root: Path, log: Log, content: str) -> None
     path = root / "cni" / "f"
     path.parent.mkdir()
     path.write_text(content)
-    deviceinfo.write(str(root), str(path), VF, log)
+    write_file(str(root), str(path), VF, log)
     assert read(path) == {"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:3b:02.1"}}
     assert str(path) in logged(log)
 
@@ -314,7 +319,7 @@ def test_write_refuses_a_symlink_at_the_target(root: Path, outside: Path, log: L
     (root / "cni").mkdir()
     (root / "cni" / "f").symlink_to(victim)
     with pytest.raises(CniError) as err:
-        deviceinfo.write(str(root), str(root / "cni" / "f"), VF, log)
+        write_file(str(root), str(root / "cni" / "f"), VF, log)
     assert err.value.code == ERR_INVALID_CONFIG
     assert read(victim) == {"precious": True}
     assert (root / "cni" / "f").is_symlink()
@@ -323,7 +328,7 @@ def test_write_refuses_a_symlink_at_the_target(root: Path, outside: Path, log: L
 def test_write_never_writes_through_a_symlinked_folder_out_of_root(root: Path, outside: Path, log: Log) -> None:
     (root / "cni").symlink_to(outside)
     with pytest.raises(CniError) as err:
-        deviceinfo.write(str(root), str(root / "cni" / "f"), VF, log)
+        write_file(str(root), str(root / "cni" / "f"), VF, log)
     assert err.value.code == ERR_INVALID_CONFIG
     assert os.listdir(outside) == []
 
@@ -331,7 +336,7 @@ def test_write_never_writes_through_a_symlinked_folder_out_of_root(root: Path, o
 def test_write_creates_no_folder_through_a_symlinked_folder_out_of_root(root: Path, outside: Path, log: Log) -> None:
     (root / "cni").symlink_to(outside)
     with pytest.raises(CniError) as err:
-        deviceinfo.write(str(root), str(root / "cni" / "new" / "f"), VF, log)
+        write_file(str(root), str(root / "cni" / "new" / "f"), VF, log)
     assert err.value.code == ERR_INVALID_CONFIG
     assert os.listdir(outside) == []
 
@@ -341,7 +346,7 @@ def test_write_creates_no_folder_through_a_symlinked_folder_out_of_root(root: Pa
 
 def test_read_address_of_a_written_file(root: Path, log: Log) -> None:
     path = root / "cni" / "f"
-    deviceinfo.write(str(root), str(path), VF_FULL, log)
+    write_file(str(root), str(path), VF_FULL, log)
     assert deviceinfo.read_address(str(path)) == "0000:3b:02.1"
 
 

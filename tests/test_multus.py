@@ -222,6 +222,10 @@ def test_v4_selection_route_a_placeholder_device_id_brings_our_device_info(scene
     record = read_json(scene.data_dir / container_id / "net1.json")
     assert record["pci_address"] == NET1_PCI
     assert record["strategy"] == "netdev sysfs"
+    # Multus's CNI_ARGS (its own keys, then the runtime's, repeated) tell whose attachment it is.
+    meta = pod_object["metadata"]
+    assert (record["pod_namespace"], record["pod_name"], record["pod_uid"]) == (meta["namespace"], "upf-0", meta["uid"])
+    assert record["device_info"] == NET1_DEVICE_INFO
 
     out = scene.multus("v4.0.2", "DEL", pod_object, container_id)
     assert out.code == 0, out.stdout + out.stderr

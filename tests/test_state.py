@@ -52,11 +52,32 @@ def test_path_layout(store: Store, data_dir: Path) -> None:
         record(),
         record(pci_address=None, strategy=None, device_info_file=None, created_file=False),
         record(ifname="eth0.100", created_file=False),
+        record(
+            pod_namespace="ran",
+            pod_name="upf-0",
+            pod_uid="0d180aac-e816-4b5e-96d7-57958f908ac7",
+            device_info={"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:3b:02.1"}},
+        ),
     ],
 )
 def test_save_load_round_trip(store: Store, rec: Record) -> None:
     store.save(rec)
     assert store.load(rec.container_id, rec.ifname) == rec
+
+
+def test_a_record_from_before_the_pod_fields_still_loads(store: Store, data_dir: Path) -> None:
+    # An upgrade must not orphan what the previous version recorded: DEL still finds its file.
+    old = {k: v for k, v in dataclasses.asdict(record()).items() if not k.startswith("pod_") and k != "device_info"}
+    (data_dir / "abc123").mkdir(parents=True)
+    (data_dir / "abc123" / "net1.json").write_text(json.dumps(old))
+    assert store.load("abc123", "net1") == record()
+
+
+@pytest.mark.parametrize("bad", [{"pod_uid": 5}, {"device_info": "pci"}, {"pod_colour": "blue"}])
+def test_a_record_with_wrong_pod_fields_is_not_ours(store: Store, data_dir: Path, bad: dict) -> None:
+    (data_dir / "abc123").mkdir(parents=True)
+    (data_dir / "abc123" / "net1.json").write_text(json.dumps({**dataclasses.asdict(record()), **bad}))
+    assert store.load("abc123", "net1") is None
 
 
 def test_save_writes_a_private_json_file(store: Store, data_dir: Path) -> None:

@@ -54,11 +54,12 @@ def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
     with store.locked():
         previous = store.load(env.container_id, env.ifname)
         ours_already = previous is not None and previous.created_file and previous.device_info_file == target.path
-        # The record goes first, so a DEL after a crash knows of the file it may find.
         created = ours_already or not os.path.lexists(target.path)
-        store.save(_record(env, config, device, target.path, created))
+        document = deviceinfo.compose(config.device_info_root, target.path, device, log)
+        # The record goes first, so a DEL after a crash knows of the file it may find.
+        store.save(_record(env, config, device, target.path, created, document))
         try:
-            deviceinfo.write(config.device_info_root, target.path, device, log)
+            deviceinfo.write(target.path, document)
         except CniError:
             store.restore(env.container_id, env.ifname, previous)
             raise
@@ -210,7 +211,14 @@ def _describe(config: Config, device: discovery.Device, log: Log) -> str:
     return f"driver {d.driver or '-'}, vendor {d.vendor or '-'}, device {d.device or '-'}"
 
 
-def _record(env: Env, config: Config, device: discovery.Device | None, path: str | None, created: bool) -> Record:
+def _record(
+    env: Env,
+    config: Config,
+    device: discovery.Device | None,
+    path: str | None,
+    created: bool,
+    document: dict[str, Any] | None = None,
+) -> Record:
     return Record(
         container_id=env.container_id,
         ifname=env.ifname,
@@ -219,6 +227,10 @@ def _record(env: Env, config: Config, device: discovery.Device | None, path: str
         strategy=device.strategy if device else None,
         device_info_file=path,
         created_file=created,
+        pod_namespace=env.args.get("K8S_POD_NAMESPACE") or None,
+        pod_name=env.args.get("K8S_POD_NAME") or None,
+        pod_uid=env.args.get("K8S_POD_UID") or None,
+        device_info=document,
     )
 
 

@@ -94,9 +94,9 @@ def merged(existing: Any, device: Device, log: Log, path: str) -> dict[str, Any]
     return document
 
 
-def write(root: str, path: str, device: Device, log: Log) -> None:
-    """Write or update the device-info file (keeping the keys of one a device plugin made)."""
-    # Judged again before and after making folders: one may have become a symlink meanwhile.
+def compose(root: str, path: str, device: Device, log: Log) -> dict[str, Any]:
+    """The document `write` will put at `path`: a new one, or the one there (a device plugin's copy)
+    updated. Makes the folders, judging `path` before and after: one may have become a symlink."""
     files.require_inside(root, path, "device-info file")
     files.make_dirs(os.path.dirname(path))
     files.require_inside(root, path, "device-info file")
@@ -105,7 +105,11 @@ def write(root: str, path: str, device: Device, log: Log) -> None:
     except files.NotJson as exc:
         log.warning(str(exc))
         existing = {}
-    files.write_json(path, merged(existing, device, log, path), FILE_MODE)
+    return merged(existing, device, log, path)
+
+
+def write(path: str, document: dict[str, Any]) -> None:
+    files.write_json(path, document, FILE_MODE)
 
 
 def read_address(path: str) -> str | None:

@@ -19,6 +19,11 @@ from dataclasses import asdict, dataclass
 from . import files
 from .protocol import ERR_TRY_AGAIN, CniError
 
+# Names for annotations only: typing costs milliseconds to import on every ADD.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 LOCK_TIMEOUT_SECONDS = 10.0
 STATE_MODE = 0o600
 
@@ -32,6 +37,12 @@ class Record:
     strategy: str | None
     device_info_file: str | None
     created_file: bool
+    # Whose attachment this is (CNI_ARGS K8S_POD_*) and the device-info we wrote: what the
+    # network-status bridge needs. Records written before these fields existed lack them.
+    pod_namespace: str | None = None
+    pod_name: str | None = None
+    pod_uid: str | None = None
+    device_info: dict[str, Any] | None = None
 
 
 class Store:
@@ -122,13 +133,20 @@ _FIELD_TYPES = {
     "device_info_file": (str, type(None)),
     "created_file": (bool,),
 }
+_OPTIONAL_FIELD_TYPES = {
+    "pod_namespace": (str, type(None)),
+    "pod_name": (str, type(None)),
+    "pod_uid": (str, type(None)),
+    "device_info": (dict, type(None)),
+}
 
 
 def _record_from(raw: object) -> Record | None:
     """A Record from what was on disk, or None when it is not one of ours (edited, truncated)."""
-    if not isinstance(raw, dict) or set(raw) != set(_FIELD_TYPES):
+    if not isinstance(raw, dict) or not set(_FIELD_TYPES) <= set(raw) <= set(_FIELD_TYPES) | set(_OPTIONAL_FIELD_TYPES):
         return None
-    if not all(isinstance(raw[key], types) for key, types in _FIELD_TYPES.items()):
+    types = {**_FIELD_TYPES, **_OPTIONAL_FIELD_TYPES}
+    if not all(isinstance(value, types[key]) for key, value in raw.items()):
         return None
     return Record(**raw)
 
