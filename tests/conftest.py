@@ -30,8 +30,8 @@ from helpers import (  # noqa: E402
     ip,
     prev_result,
 )
-from kube import ApiServer, missing_tools  # noqa: E402
-from multus import make_mount_points, remove_mount_points  # noqa: E402
+from kube import ApiServer, missing_tools, namespace  # noqa: E402
+from multus import Node, Scene, make_mount_points, remove_mount_points  # noqa: E402
 
 sys.path.insert(0, str(TESTDATA))
 
@@ -103,14 +103,27 @@ def _ip(*args: str) -> None:
 
 
 @pytest.fixture
-def netns():
-    """A fresh named network namespace; removed afterwards."""
-    name = f"dit-{uuid.uuid4().hex[:8]}"
-    _ip("netns", "add", name)
+def make_netns() -> Iterator[Callable[[], str]]:
+    """Make fresh named network namespaces; every one is removed afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"dit-{uuid.uuid4().hex[:8]}"
+        _ip("netns", "add", name)
+        made.append(name)
+        return f"/var/run/netns/{name}"
+
     try:
-        yield f"/var/run/netns/{name}"
+        yield make
     finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def netns(make_netns: Callable[[], str]) -> str:
+    """A fresh named network namespace; removed afterwards."""
+    return make_netns()
 
 
 @pytest.fixture
@@ -207,3 +220,26 @@ def kube(tmp_path_factory) -> Iterator[ApiServer]:
     finally:
         server.stop()
         remove_mount_points(made)
+
+
+@pytest.fixture
+def scene(kube: ApiServer, cni_path: str, make_netns, host_veth, tmp_path: Path) -> Iterator[Scene]:
+    """A namespace of its own on the test bed, what a node holds, and a first sandbox's netns and
+    veth pair; the namespace (and so its Pods and NADs) is deleted afterwards."""
+    api = kube.api()
+    ns = f"ran-{uuid.uuid4().hex[:8]}"
+    api.post("/api/v1/namespaces", namespace(ns))
+    try:
+        yield Scene(
+            api=api,
+            ns=ns,
+            node=Node(tmp_path / "node"),
+            kubeconfig=api.kubeconfig(tmp_path / "multus.kubeconfig"),
+            cni_path=cni_path,
+            data_dir=tmp_path / "state",
+            log_file=tmp_path / "deviceid-inject.log",
+            make_veth=host_veth,
+            make_netns=make_netns,
+        )
+    finally:
+        api.delete(f"/api/v1/namespaces/{ns}")

@@ -320,3 +320,54 @@ def network_status(pod_object: dict[str, Any]) -> list[dict[str, Any]] | None:
 def jwt_claims(token: str) -> dict[str, Any]:
     payload = token.split(".")[1]
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+# --- applying manifests, and identities the API server issues ----------------------------------------
+
+_COLLECTIONS = {
+    "Namespace": "/api/v1/namespaces",
+    "Node": "/api/v1/nodes",
+    "Pod": "/api/v1/namespaces/{ns}/pods",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    "ValidatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
+}
+
+
+def collection(obj: dict[str, Any]) -> str:
+    return _COLLECTIONS[obj["kind"]].format(ns=obj["metadata"].get("namespace", "default"))
+
+
+def apply(api: Api, objects: list[dict[str, Any]]) -> None:
+    """Create each object, or replace it where it exists (a session may apply twice)."""
+    for obj in objects:
+        path = collection(obj)
+        try:
+            api.post(path, obj)
+        except ApiError as err:
+            if err.status != 409:
+                raise
+            current = api.get(f"{path}/{obj['metadata']['name']}")
+            api.put(f"{path}/{obj['metadata']['name']}", {**obj, "metadata": {**obj["metadata"], **_version(current)}})
+
+
+def _version(obj: dict[str, Any]) -> dict[str, str]:
+    return {"resourceVersion": obj["metadata"]["resourceVersion"]}
+
+
+def node(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}}}
+
+
+def service_account_token(api: Api, namespace: str, account: str, bound_pod: dict[str, Any] | None = None) -> str:
+    """A token for the service account from TokenRequest, bound to `bound_pod` when given (as the
+    kubelet's projected token is): then the API server names the Pod's node in it."""
+    spec: dict[str, Any] = {"expirationSeconds": 3600}
+    if bound_pod is not None:
+        meta = bound_pod["metadata"]
+        spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+    answer = api.post(f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", body)
+    return answer["status"]["token"]

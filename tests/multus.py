@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from helpers import Outcome, passed_through, run_in_group
-from kube import K8S_TOOLS
+from helpers import SYSFS_IAVF, Outcome, passed_through, read_json, run_in_group
+from kube import K8S_TOOLS, Api, nad, network_status, pod
 
 MULTUS_VERSIONS = ("v4.0.2", "v3.7.1", "v3.7.2")
 # Where the Node's folders appear to Multus and the plugins: (scratch subfolder, mount point).
@@ -153,3 +154,128 @@ def run_multus(
     stdin = json.dumps(multus_config(kubeconfig, node)).encode()
     code, stdout, stderr = run_in_group(argv, env, timeout, stdin)
     return Outcome(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+
+
+# --- a namespace on the test bed, with the field's NAD and Pods whose sandboxes Multus attaches --------
+
+NODE = "node-a"
+NETWORK = "n6-dpdk"
+
+
+def field_nad(
+    name: str,
+    first: dict[str, Any],
+    data_dir: Path,
+    log_file: Path,
+    annotations: dict[str, str] | None = None,
+    device_id: str | None = None,
+) -> dict[str, Any]:
+    """The field's NAD: one chain at 0.3.0, the plugin that makes net1 first, then deviceid-inject
+    (over the vf-iavf fixture tree, where net1 is VF 0000:3b:02.3; `device_id` names another)."""
+    inject: dict[str, Any] = {
+        "type": "deviceid-inject",
+        "sysfsRoot": str(SYSFS_IAVF),
+        "dataDir": str(data_dir),
+        "logFile": str(log_file),
+        "logLevel": "debug",
+        "capabilities": {"deviceID": True, "CNIDeviceInfoFile": True},
+    }
+    if device_id:
+        inject["deviceID"] = device_id
+    config = {"cniVersion": "0.3.0", "name": name, "plugins": [first, inject]}
+    return nad(name, config, annotations)
+
+
+def host_device(peer: str, declare_device_id: bool = False) -> dict[str, Any]:
+    """The stand-in for akshci-iov: it moves a device of its own choosing into the pod. It does not
+    declare deviceID, as the README asks of the SR-IOV plugin on the selection route."""
+    capabilities = {"ips": True, **({"deviceID": True} if declare_device_id else {})}
+    return {"type": "host-device", "device": peer, "capabilities": capabilities}
+
+
+def macvlan(master: str) -> dict[str, Any]:
+    """The stand-in where a device plugin allocates: Multus writes the allocated deviceID and
+    pciBusID into every plugin of the chain, which sriov-cni obeys and host-device would too (and
+    find no such function here); macvlan ignores them."""
+    return {"type": "macvlan", "master": master, "mode": "bridge"}
+
+
+@dataclass
+class Sandbox:
+    """One Pod's sandbox: the Pod as created, its container ID, netns, and the veth pair whose
+    one end host-device moves in as net1."""
+
+    pod: dict[str, Any]
+    container_id: str
+    netns: str
+    host_end: str
+    peer: str
+
+    @property
+    def uid(self) -> str:
+        return self.pod["metadata"]["uid"]
+
+    @property
+    def name(self) -> str:
+        return self.pod["metadata"]["name"]
+
+
+@dataclass
+class Scene:
+    api: Api
+    ns: str
+    node: Node
+    kubeconfig: Path
+    cni_path: str
+    data_dir: Path
+    log_file: Path
+    make_veth: Callable[[], tuple[str, str]]
+    make_netns: Callable[[], str]
+
+    def create_nad(self, first: dict[str, Any], name: str = NETWORK, **options: Any) -> None:
+        body = field_nad(name, first, self.data_dir, self.log_file, **options)
+        self.api.post(f"/apis/k8s.cni.cncf.io/v1/namespaces/{self.ns}/network-attachment-definitions", body)
+
+    def sandbox(self, name: str, networks: Any = NETWORK, node_name: str = NODE, **annotations: str) -> Sandbox:
+        """Create the Pod, a netns and a veth pair for its sandbox (nothing attached yet)."""
+        created = self.api.post(f"/api/v1/namespaces/{self.ns}/pods", pod(name, node_name, networks, annotations))
+        host_end, peer = self.make_veth()
+        return Sandbox(created, f"sandbox{uuid.uuid4().hex[:12]}", self.make_netns(), host_end, peer)
+
+    def read_pod(self, name: str) -> dict[str, Any]:
+        return self.api.get(f"/api/v1/namespaces/{self.ns}/pods/{name}")
+
+    def multus(self, version: str, command: str, box: Sandbox) -> Outcome:
+        return run_multus(
+            version,
+            command,
+            node=self.node,
+            kubeconfig=self.kubeconfig,
+            cni_path=self.cni_path,
+            pod=box.pod,
+            container_id=box.container_id,
+            netns=box.netns,
+        )
+
+    def add(self, version: str, box: Sandbox) -> dict[str, Any]:
+        """Multus ADD for the sandbox, which must succeed; the Pod as Multus left it."""
+        out = self.multus(version, "ADD", box)
+        assert out.code == 0, f"{out.stdout}\n{out.stderr}\n{self.node.multus_log.read_text()}"
+        assert out.json["cniVersion"], out.stdout
+        return self.read_pod(box.name)
+
+    def entry(self, pod_object: dict[str, Any], network: str = NETWORK) -> dict[str, Any]:
+        """The secondary network's entry of the Pod's network-status, as Multus wrote it."""
+        status = network_status(pod_object)
+        assert status is not None, f"no network-status: {pod_object['metadata'].get('annotations')}"
+        entries = [e for e in status if e.get("name") == f"{self.ns}/{network}"]
+        assert len(entries) == 1, status
+        assert entries[0]["interface"] == "net1"
+        return entries[0]
+
+    def our_file(self, name: str) -> dict[str, Any]:
+        return read_json(self.node.devinfo / "cni" / name)
+
+    def multus_named_file(self, box: Sandbox, network: str = NETWORK) -> str:
+        """The path Multus builds when it knows a deviceID: <ns>-<nad>-<containerID>_<ifname>."""
+        return f"{self.ns}-{network}-{box.container_id}_net1"

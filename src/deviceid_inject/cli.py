@@ -3,6 +3,7 @@
     deviceid-inject --version
     deviceid-inject discover --netns PATH --ifname NAME [--mac MAC] [--sysfs-root DIR] ...
     deviceid-inject check-config FILE
+    deviceid-inject bridge --node NODE [--kubeconfig FILE] [--data-dir DIR] [--listen HOST:PORT]
 
 Exit codes: 0 success (device found, config valid), 1 the answer is no (no device, config
 invalid), 2 usage or unreadable input.
@@ -69,6 +70,16 @@ def parser() -> argparse.ArgumentParser:
         "in JSON or YAML. Each error is printed with its JSON path.",
     )
     check.add_argument("file", help="the file to check, or - for standard input")
+
+    agent = commands.add_parser(
+        "bridge",
+        help="run the network-status bridge: the node agent that adds our device-info to Multus v4's network-status",
+        description="Watches this node's Pods and adds device-info to each network-status entry of an "
+        "attachment the plugin recorded. Runs until SIGTERM.",
+    )
+    from .bridge.main import add_arguments
+
+    add_arguments(agent)
     return top
 
 
@@ -83,6 +94,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         return discover(args, out, err)
     if args.command == "check-config":
         return check_config(args.file, out, err)
+    if args.command == "bridge":
+        from .bridge.main import run as run_bridge
+
+        return run_bridge(args, Log(args.log_level, stream=err))
     parser().print_help(err)
     return EXIT_USAGE
 

@@ -1,0 +1,221 @@
+"""The bridge's loop: list and watch this node's Pods, and patch network-status where a record of
+ours has device-info that Multus left out.
+
+One thread lists the node's Pods (field selector spec.nodeName), then watches from the list's
+resourceVersion; a 410 Gone relists, any other failure waits with capped exponential backoff and
+resumes from the last resourceVersion seen. Every ADDED or MODIFIED event is reconciled, and every
+Pod known is reconciled again every `resync` seconds (a record can land after the event that
+needed it). A patch goes to the pods/status subresource, as Multus's own write does, as a JSON
+merge patch that names the resourceVersion it was computed from: a concurrent writer makes it
+fail with 409, and it is recomputed from a fresh read, so no other writer's change is lost.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from lightkube import Client, KubeConfig
+from lightkube.core.exceptions import ApiError
+from lightkube.core.generic_client import OnErrorAction, OnErrorResult
+from lightkube.resources.core_v1 import Pod
+from lightkube.types import PatchType
+
+from ..log import Log
+from .metrics import Metrics
+from .reconcile import NETWORK_STATUS, RecordIndex, with_device_info
+
+FIELD_MANAGER = "deviceid-inject-bridge"
+WATCH_SECONDS = 240  # the server closes each watch after this; the next one resumes from its version
+PATCH_ATTEMPTS = 5
+
+
+@dataclass
+class Settings:
+    node: str
+    data_dir: str
+    kubeconfig: str | None = None
+    resync: float = 30.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+@dataclass
+class PodKey:
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass
+class Bridge:
+    settings: Settings
+    client: Client
+    metrics: Metrics
+    log: Log
+    index: RecordIndex = field(init=False)
+    pods: dict[str, PodKey] = field(default_factory=dict)  # by UID: what the watch says is on this node
+    synced: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.index = RecordIndex(self.settings.data_dir)
+
+    # --- the loop --------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """List, watch, relist on 410, back off on failures; returns only when `stop` is set."""
+        failures = 0
+        version: str | None = None
+        next_resync = time.monotonic() + self.settings.resync
+        while not stop.is_set():
+            try:
+                if version is None:
+                    version = self._list()
+                for kind, pod in self._watch(version):
+                    failures = 0
+                    self.metrics.heartbeat()
+                    version = pod.metadata.resourceVersion or version
+                    if kind in ("ADDED", "MODIFIED"):
+                        self._remember(pod)
+                        self.reconcile(pod, seen=time.monotonic())
+                    elif kind == "DELETED":
+                        self.pods.pop(pod.metadata.uid, None)
+                    if time.monotonic() >= next_resync:
+                        self.resync()
+                        next_resync = time.monotonic() + self.settings.resync
+                    if stop.is_set():
+                        return
+                self.metrics.heartbeat()  # the server ended the watch: resume from `version`
+            except ApiError as err:
+                if err.status.code == 410:
+                    self.log.info("watch: resourceVersion too old (410 Gone); listing again")
+                    self.metrics.relists.inc()
+                    version = None
+                    continue
+                failures += 1
+                self._back_off(stop, failures, f"API error {err.status.code}: {err.status.message}")
+            except (httpx.HTTPError, OSError) as err:
+                failures += 1
+                self._back_off(stop, failures, f"{type(err).__name__}: {err}")
+
+    def _list(self) -> str:
+        listing = self.client.list(Pod, namespace="*", fields={"spec.nodeName": self.settings.node})
+        pods = list(listing)
+        self.pods = {}
+        for pod in pods:
+            self._remember(pod)
+        self.synced.set()
+        self.metrics.pods.set(len(self.pods))
+        self.log.info(f"listed {len(pods)} pods on node {self.settings.node}")
+        self.index.refresh()
+        for pod in pods:
+            self.reconcile(pod, seen=time.monotonic(), refresh=False)
+        return listing.resourceVersion
+
+    def _watch(self, version: str):
+        return self.client.watch(
+            Pod,
+            namespace="*",
+            fields={"spec.nodeName": self.settings.node},
+            resource_version=version,
+            server_timeout=WATCH_SECONDS,
+            on_error=_raise,
+        )
+
+    def _remember(self, pod: Pod) -> None:
+        meta = pod.metadata
+        self.pods[meta.uid] = PodKey(meta.namespace, meta.name, meta.uid)
+        self.metrics.pods.set(len(self.pods))
+
+    def _back_off(self, stop: threading.Event, failures: int, why: str) -> None:
+        self.metrics.errors.labels(kind="api").inc()
+        delay = min(self.settings.backoff_max, self.settings.backoff_initial * 2 ** (failures - 1))
+        delay *= random.uniform(0.8, 1.2)
+        self.log.warning(f"API server: {why}; retrying in {delay:.1f} s (failure {failures})")
+        stop.wait(delay)
+
+    def resync(self) -> None:
+        """Look at every known Pod again: records that landed after their Pod's last event."""
+        self.index.refresh()
+        for key in list(self.pods.values()):
+            if key.uid in self.index.pod_uids():
+                pod = self._get(key)
+                if pod is not None:
+                    self.reconcile(pod, seen=time.monotonic(), refresh=False)
+
+    # --- one Pod ---------------------------------------------------------------------------------------
+
+    def reconcile(self, pod: Pod, seen: float, refresh: bool = True) -> bool:
+        """Patch `pod`'s network-status if a record of ours has device-info it lacks; True if patched."""
+        if pod.spec is None or pod.spec.nodeName != self.settings.node:
+            return False  # the field selector should make this impossible; never touch another node's
+        if refresh:
+            self.index.refresh()
+        key = PodKey(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)
+        for _ in range(PATCH_ATTEMPTS):
+            known = self.index.for_pod(key.uid)
+            value = with_device_info(_annotation(pod), known)
+            if value is None:
+                return False
+            try:
+                self._patch(key, pod.metadata.resourceVersion, value)
+            except ApiError as err:
+                if err.status.code == 409:  # another writer since our read: recompute from a fresh one
+                    self.metrics.conflicts.inc()
+                    pod = self._get(key)
+                    if pod is None:
+                        return False
+                    continue
+                if err.status.code == 404:
+                    self.log.info(f"{key.namespace}/{key.name} is gone; nothing to patch")
+                    return False
+                self.metrics.errors.labels(kind="patch").inc()
+                self.log.error(f"patching {key.namespace}/{key.name}: {err.status.code} {err.status.message}")
+                return False
+            self.metrics.patches.inc()
+            self.metrics.latency.observe(time.monotonic() - seen)
+            self.log.info(f"added device-info to {key.namespace}/{key.name} (uid {key.uid})")
+            return True
+        self.metrics.errors.labels(kind="conflict-retries").inc()
+        self.log.warning(f"{key.namespace}/{key.name}: still conflicting after {PATCH_ATTEMPTS} attempts")
+        return False
+
+    def _get(self, key: PodKey) -> Pod | None:
+        """The Pod as it is now, or None when it is gone or is another Pod under the same name."""
+        try:
+            pod = self.client.get(Pod, key.name, namespace=key.namespace)
+        except ApiError as err:
+            if err.status.code == 404:
+                self.pods.pop(key.uid, None)
+                return None
+            raise
+        if pod.metadata.uid != key.uid:
+            self.pods.pop(key.uid, None)
+            return None
+        return pod
+
+    def _patch(self, key: PodKey, version: str | None, value: str) -> None:
+        body = {"metadata": {"resourceVersion": version, "annotations": {NETWORK_STATUS: value}}}
+        self.client.patch(
+            Pod.Status, key.name, body, namespace=key.namespace, patch_type=PatchType.MERGE, field_manager=FIELD_MANAGER
+        )
+
+
+def _annotation(pod: Pod) -> str | None:
+    annotations = pod.metadata.annotations or {}
+    return annotations.get(NETWORK_STATUS)
+
+
+def _raise(error: Exception, count: int) -> OnErrorResult:
+    """lightkube's watch would retry by itself; the bridge decides (relist, back off) instead."""
+    return OnErrorResult(OnErrorAction.RAISE)
+
+
+def client_for(settings: Settings) -> Client:
+    """A client from the kubeconfig given, else the Pod's service account (whose token file the
+    kubelet rotates: lightkube reads it again on a 401)."""
+    config = KubeConfig.from_file(settings.kubeconfig) if settings.kubeconfig else KubeConfig.from_service_account()
+    return Client(config=config, field_manager=FIELD_MANAGER, timeout=httpx.Timeout(15.0, read=WATCH_SECONDS + 30))

@@ -1,0 +1,59 @@
+"""`deviceid-inject bridge`: the agent's process, from flags to a clean exit on SIGTERM.
+
+The loop runs in a daemon thread; the main thread only waits for SIGTERM or SIGINT, so the
+process ends at once even while the loop is blocked reading a watch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+
+from ..config import DEFAULT_DATA_DIR
+from ..log import LEVELS, Log
+
+EXIT_OK, EXIT_USAGE = 0, 2
+DEFAULT_LISTEN = "0.0.0.0:9909"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", help="this node's name (default: $NODE_NAME)")
+    parser.add_argument("--kubeconfig", help="a kubeconfig file (default: the Pod's service account)")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="the plugin's dataDir (default: %(default)s)")
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, help="/metrics, /healthz, /readyz (default: %(default)s)")
+    parser.add_argument("--resync", type=float, default=30.0, help="seconds between looks at every Pod again")
+    parser.add_argument("--log-level", choices=sorted(LEVELS), default="info")
+
+
+def run(args: argparse.Namespace, log: Log) -> int:
+    # Imported here, not at the top: `deviceid-inject --version` and the CLI's other commands
+    # should not pay for the Kubernetes client.
+    from .agent import Bridge, Settings, client_for
+    from .metrics import Metrics, serve
+
+    node = args.node or os.environ.get("NODE_NAME", "")
+    if not node:
+        log.error("bridge: no node name: give --node or set NODE_NAME (the downward API's spec.nodeName)")
+        return EXIT_USAGE
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        log.error(f"bridge: --listen {args.listen!r} is not HOST:PORT")
+        return EXIT_USAGE
+    settings = Settings(node=node, data_dir=args.data_dir, kubeconfig=args.kubeconfig, resync=args.resync)
+    metrics = Metrics()
+    bridge = Bridge(settings, client_for(settings), metrics, log)
+    server = serve((host, int(port)), metrics, bridge.synced, stale_after=max(600.0, 3 * settings.resync))
+    bound_host, bound_port = server.server_address[:2]
+    log.info(f"bridge: node {node}, records in {settings.data_dir}, serving on {bound_host}:{bound_port}")
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker = threading.Thread(target=bridge.run, args=(stop,), name="bridge-loop", daemon=True)
+    worker.start()
+    stop.wait()
+    server.shutdown()
+    log.info("bridge: stopped")
+    return EXIT_OK

@@ -1,0 +1,175 @@
+"""The network-status bridge as the tests (and the benchmark) run it: its RBAC and admission
+policy from deploy/, a Pod for it on a node (so the API server binds its token to that node),
+and the agent itself as a process of the implementation under test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from helpers import REPO, passed_through
+from kube import Api, ApiServer, apply, node, service_account_token
+
+DEPLOY = REPO / "deploy"
+ACCOUNT_NAMESPACE = "kube-system"
+ACCOUNT = "deviceid-inject-bridge"
+USERNAME = f"system:serviceaccount:{ACCOUNT_NAMESPACE}:{ACCOUNT}"
+NODES = ("node-a", "node-b")
+
+
+def manifests(name: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all((DEPLOY / name).read_text()) if doc]
+
+
+def install(kube: ApiServer) -> None:
+    """deploy/'s RBAC and admission policy, the nodes, and kube-system; idempotent."""
+    api = kube.api()
+    apply(api, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ACCOUNT_NAMESPACE}}])
+    apply(api, [node(name) for name in NODES])
+    apply(api, manifests("bridge-rbac.yaml") + manifests("bridge-policy.yaml"))
+
+
+def agent_pod(api: Api, node_name: str) -> dict[str, Any]:
+    """The DaemonSet's Pod on `node_name`, as far as the API server needs one to bind a token to."""
+    name = f"bridge-{node_name}"
+    path = f"/api/v1/namespaces/{ACCOUNT_NAMESPACE}/pods"
+    with contextlib.suppress(Exception):
+        return api.get(f"{path}/{name}")
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "deviceid-inject"}},
+        "spec": {
+            "nodeName": node_name,
+            "serviceAccountName": ACCOUNT,
+            "containers": [{"name": "bridge", "image": "registry.invalid/deviceid-inject:0.1.0"}],
+        },
+    }
+    return api.post(path, body)
+
+
+def agent_api(kube: ApiServer, node_name: str) -> Api:
+    """The bridge's identity on `node_name`: a service-account token bound to its Pod there."""
+    admin = kube.api()
+    return kube.api(service_account_token(admin, ACCOUNT_NAMESPACE, ACCOUNT, agent_pod(admin, node_name)))
+
+
+def wait_for_policy(kube: ApiServer, agent: Api, foreign_pod_path: str) -> None:
+    """The admission policy takes a moment to load: wait until it refuses a change it must refuse."""
+    deadline = time.monotonic() + 30
+    body = {"metadata": {"labels": {"policy-probe": "1"}}}
+    while time.monotonic() < deadline:
+        code = agent.status_code("PATCH", f"{foreign_pod_path}/status", body, "application/merge-patch+json")
+        if code == 403 or code == 422:
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the bridge's admission policy did not start refusing within 30 s")
+
+
+@dataclass
+class BridgeProcess:
+    """`deviceid-inject bridge` for one node; its metrics port is read from its log."""
+
+    command: list[str]
+    kubeconfig: Path
+    data_dir: Path
+    node: str = "node-a"
+    resync: float = 1.0
+    proc: subprocess.Popen | None = None
+    port: int = 0
+    lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def start(self) -> BridgeProcess:
+        argv = [
+            *self.command, "bridge",
+            "--node", self.node,
+            "--kubeconfig", str(self.kubeconfig),
+            "--data-dir", str(self.data_dir),
+            "--listen", "127.0.0.1:0",
+            "--resync", str(self.resync),
+            "--log-level", "debug",
+        ]  # fmt: skip
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **passed_through()}
+        self.lines = []
+        self.port = 0
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 60
+        while not self.port:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the bridge did not start:\n" + self.log())
+            time.sleep(0.05)
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            found = re.search(r"serving on [\d.]+:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of /metrics; 0 when the series has no sample yet."""
+        _, text = self.get("/metrics")
+        for line in text.splitlines():
+            if line.startswith(f"{name}{labels} ") or (not labels and line.startswith(f"{name} ")):
+                return float(line.split()[-1])
+        return 0.0
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.get("/readyz")[0] != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bridge never became ready:\n" + self.log())
+            time.sleep(0.1)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM, then SIGKILL if it does not end in time; returns the exit code SIGTERM got."""
+        if self.proc is None:
+            return None
+        code = None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                code = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        else:
+            code = self.proc.returncode
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        self.proc = None
+        return code
