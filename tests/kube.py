@@ -253,7 +253,7 @@ class ApiServer:
         path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/network-attachment-definitions.k8s.cni.cncf.io"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            conditions = api.get(path).get("status", {}).get("conditions", [])
+            conditions = (api.get(path).get("status") or {}).get("conditions") or []
             if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 # The discovery of a new group takes a moment more to reach every handler.
                 with contextlib.suppress(ApiError):

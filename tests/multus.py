@@ -242,6 +242,10 @@ class Scene:
         host_end, peer = self.make_veth()
         return Sandbox(created, f"sandbox{uuid.uuid4().hex[:12]}", self.make_netns(), host_end, peer)
 
+    def delete_pod(self, name: str) -> None:
+        """Delete at once: with no kubelet to confirm, a graceful delete would wait forever."""
+        self.api.delete(f"/api/v1/namespaces/{self.ns}/pods/{name}?gracePeriodSeconds=0")
+
     def read_pod(self, name: str) -> dict[str, Any]:
         return self.api.get(f"/api/v1/namespaces/{self.ns}/pods/{name}")
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import httpx
 from lightkube import Client, KubeConfig
 from lightkube.core.exceptions import ApiError
-from lightkube.core.generic_client import OnErrorAction, OnErrorResult
 from lightkube.resources.core_v1 import Pod
-from lightkube.types import PatchType
+from lightkube.types import PatchType, on_error_raise
 
 from ..log import Log
 from .metrics import Metrics
@@ -122,7 +121,7 @@ class Bridge:
             fields={"spec.nodeName": self.settings.node},
             resource_version=version,
             server_timeout=WATCH_SECONDS,
-            on_error=_raise,
+            on_error=on_error_raise,  # lightkube would retry by itself; we relist or back off instead
         )
 
     def _remember(self, pod: Pod) -> None:
@@ -207,11 +206,6 @@ class Bridge:
 def _annotation(pod: Pod) -> str | None:
     annotations = pod.metadata.annotations or {}
     return annotations.get(NETWORK_STATUS)
-
-
-def _raise(error: Exception, count: int) -> OnErrorResult:
-    """lightkube's watch would retry by itself; the bridge decides (relist, back off) instead."""
-    return OnErrorResult(OnErrorAction.RAISE)
 
 
 def client_for(settings: Settings) -> Client:

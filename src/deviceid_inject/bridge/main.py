@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, log: Log) -> int:
     # Imported here, not at the top: `deviceid-inject --version` and the CLI's other commands
     # should not pay for the Kubernetes client.
+    from lightkube.core.exceptions import ConfigError
+
     from .agent import Bridge, Settings, client_for
     from .metrics import Metrics, serve
 
@@ -42,9 +44,18 @@ def run(args: argparse.Namespace, log: Log) -> int:
         log.error(f"bridge: --listen {args.listen!r} is not HOST:PORT")
         return EXIT_USAGE
     settings = Settings(node=node, data_dir=args.data_dir, kubeconfig=args.kubeconfig, resync=args.resync)
+    try:
+        client = client_for(settings)
+    except (ConfigError, OSError, ValueError) as err:
+        log.error(f"bridge: no usable API configuration ({args.kubeconfig or 'in-cluster'}): {err}")
+        return EXIT_USAGE
     metrics = Metrics()
-    bridge = Bridge(settings, client_for(settings), metrics, log)
-    server = serve((host, int(port)), metrics, bridge.synced, stale_after=max(600.0, 3 * settings.resync))
+    bridge = Bridge(settings, client, metrics, log)
+    try:
+        server = serve((host, int(port)), metrics, bridge.synced, stale_after=max(600.0, 3 * settings.resync))
+    except OSError as err:
+        log.error(f"bridge: cannot listen on {args.listen}: {err.strerror}")
+        return EXIT_USAGE
     bound_host, bound_port = server.server_address[:2]
     log.info(f"bridge: node {node}, records in {settings.data_dir}, serving on {bound_host}:{bound_port}")
 
