@@ -362,3 +362,21 @@ def test_every_shape_yields_its_device_info_and_pciid(make_config, roots, monkey
     assert json.loads(stdout.getvalue())["interfaces"][0]["pciID"] == pci["pci-address"]
     written = read(roots["devinfo"] / f"cni/n6-dpdk-ctr-1_{ifname}")
     assert written == {"type": "pci", "version": "1.1.0", "pci": pci}
+
+
+def test_the_common_add_path_imports_no_bridge_client_netlink_schema_or_udev(make_config, roots):
+    """ADD, once the config's validation is remembered, loads none of the heavy packages: not the
+    bridge or its Kubernetes client, not pyroute2 (only the DPDK VF-table strategy), not jsonschema
+    (only a config not seen before), not pyudev (only `discover`)."""
+    import subprocess
+    import sys
+
+    config = json.dumps(make_config()).encode()
+    env = cni_env("ADD")
+    argv = [sys.executable, "-X", "importtime", "-m", "deviceid_inject"]
+    runs = [subprocess.run(argv, input=config, env=env, capture_output=True, timeout=60) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stdout
+    first, second = ({line.split("|")[-1].strip() for line in r.stderr.decode().splitlines()} for r in runs)
+    assert "jsonschema" in first  # the proof that importtime lists what was imported
+    heavy = ("deviceid_inject.bridge", "lightkube", "httpx", "prometheus_client", "pyroute2", "jsonschema", "pyudev")
+    assert [m for m in second if m.split(".")[0] in heavy or m.startswith(heavy)] == []
