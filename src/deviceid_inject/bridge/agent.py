@@ -96,6 +96,13 @@ class Bridge:
                     continue
                 failures += 1
                 self._back_off(stop, failures, f"API error {err.status.code}: {err.status.message}")
+            except httpx.HTTPStatusError as err:
+                if err.response.status_code == 410:  # the watch request itself refused, not an event
+                    self.metrics.relists.inc()
+                    version = None
+                    continue
+                failures += 1
+                self._back_off(stop, failures, f"HTTP {err.response.status_code} from the API server")
             except (httpx.HTTPError, OSError) as err:
                 failures += 1
                 self._back_off(stop, failures, f"{type(err).__name__}: {err}")
@@ -212,4 +219,9 @@ def client_for(settings: Settings) -> Client:
     """A client from the kubeconfig given, else the Pod's service account (whose token file the
     kubelet rotates: lightkube reads it again on a 401)."""
     config = KubeConfig.from_file(settings.kubeconfig) if settings.kubeconfig else KubeConfig.from_service_account()
-    return Client(config=config, field_manager=FIELD_MANAGER, timeout=httpx.Timeout(15.0, read=WATCH_SECONDS + 30))
+    client = Client(config=config, field_manager=FIELD_MANAGER, timeout=httpx.Timeout(15.0))
+    # lightkube 0.22 (the last for Python 3.9) sends watches with no read timeout: a connection that
+    # dies silently (no FIN, no RST) would block the loop forever. The server ends every watch after
+    # WATCH_SECONDS, so a read that waits much longer than that is a dead connection.
+    client._client._watch_timeout = httpx.Timeout(15.0, read=WATCH_SECONDS + 30)
+    return client
