@@ -57,3 +57,32 @@ def test_example_conflist_is_valid_and_ordered():
     assert [p["type"] for p in conflist["plugins"]] == ["sriov", "deviceid-inject"]
     entry, _ = cli.plugin_entry(conflist)
     assert cli.config.schema_errors(entry) == []
+
+
+def test_daemonset_runs_the_bridge_for_its_node_with_the_bridges_account():
+    ds = load("daemonset.yaml")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "deviceid-inject-bridge"
+    assert pod["automountServiceAccountToken"] is True  # the projected token names the node
+    (bridge,) = pod["containers"]
+    assert bridge["command"][:2] == ["/usr/local/bin/deviceid-inject", "bridge"]
+    env = {e["name"]: e for e in bridge["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    mounts = {m["name"]: m for m in bridge["volumeMounts"]}
+    assert mounts["records"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["records"]["hostPath"]["path"] == mounts["records"]["mountPath"] == "/var/lib/cni/deviceid-inject"
+    # The launcher refuses a world-writable cache root; an emptyDir is one, a folder in it is not.
+    cache = env["DEVICEID_INJECT_CACHE"]["value"]
+    assert cache.startswith(mounts["unpack"]["mountPath"] + "/")
+    assert bridge["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert bridge["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "--listen=0.0.0.0:9909" in bridge["command"]
+
+
+def test_the_bridges_rbac_is_the_least_it_needs():
+    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "bridge-rbac.yaml").read_text())}
+    rules = {(tuple(r["resources"]), tuple(r["verbs"])) for r in docs["ClusterRole"]["rules"]}
+    assert rules == {(("pods",), ("get", "list", "watch")), (("pods/status",), ("patch",))}
+    (subject,) = docs["ClusterRoleBinding"]["subjects"]
+    assert (subject["name"], subject["namespace"]) == (docs["ServiceAccount"]["metadata"]["name"], "kube-system")
