@@ -4,6 +4,7 @@
     deviceid-inject discover --netns PATH --ifname NAME [--mac MAC] [--sysfs-root DIR] ...
     deviceid-inject check-config FILE
     deviceid-inject bridge --node NODE [--kubeconfig FILE] [--data-dir DIR] [--listen HOST:PORT]
+    deviceid-inject wait-device-info --annotations FILE --interface NAME [--network NS/NAD] [--timeout S]
 
 Exit codes: 0 success (device found, config valid), 1 the answer is no (no device, config
 invalid), 2 usage or unreadable input.
@@ -80,6 +81,18 @@ def parser() -> argparse.ArgumentParser:
     from .bridge.main import add_arguments
 
     add_arguments(agent)
+
+    wait = commands.add_parser(
+        "wait-device-info",
+        help="wait until the Pod's network-status names the device-info of an interface, then print it",
+        description="Reads the downward API's annotations file (a volume with fieldPath metadata.annotations) "
+        "until the network-status entry of --interface carries device-info; prints that device-info as JSON. "
+        "Run it as an init container, or first in the entrypoint, of a workload that reads device-info at start.",
+    )
+    wait.add_argument("--annotations", default="/etc/podinfo/annotations", help="default: %(default)s")
+    wait.add_argument("--interface", required=True, help="the interface in the Pod, e.g. net1")
+    wait.add_argument("--network", help="namespace/nad, when the interface name alone is ambiguous")
+    wait.add_argument("--timeout", type=float, default=300.0, help="seconds (default: %(default)s)")
     return top
 
 
@@ -94,12 +107,27 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         return discover(args, out, err)
     if args.command == "check-config":
         return check_config(args.file, out, err)
+    if args.command == "wait-device-info":
+        return wait_device_info(args, out, err)
     if args.command == "bridge":
         from .bridge.main import run as run_bridge
 
         return run_bridge(args, Log(args.log_level, stream=err))
     parser().print_help(err)
     return EXIT_USAGE
+
+
+def wait_device_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import podinfo
+
+    found = podinfo.wait(args.annotations, podinfo.Wanted(args.interface, args.network), args.timeout)
+    if found is None:
+        err.write(
+            f"deviceid-inject: no device-info for {args.interface} in {args.annotations} after {args.timeout:g} s\n"
+        )
+        return EXIT_NO
+    out.write(json.dumps(found) + "\n")
+    return EXIT_OK
 
 
 def discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
