@@ -7,6 +7,8 @@
 # Intel E810 PF; everything else (netns, veth, cnitool, the result, the file) is real.
 # Part 2 points deviceid-inject, with no fixture, at this host's own PCI NIC in the host's
 # netns, and shows the address it discovers from the live sysfs and ethtool.
+# Part 3 (scripts/demo_multus.py) starts etcd and kube-apiserver on loopback, attaches a Pod
+# through unmodified Multus v4.0.2 and shows its network-status before and after the bridge.
 # Everything it makes is removed on exit, also on failure.
 set -euo pipefail
 
@@ -26,7 +28,9 @@ trap cleanup EXIT
 mkdir -p "$SCRATCH/bin" "$SCRATCH/net.d"
 if [[ -n "${DEVICEID_INJECT_EXE:-}" ]]; then
     ln -s "$(realpath "$DEVICEID_INJECT_EXE")" "$SCRATCH/bin/deviceid-inject"
+    DEMO_PLUGIN_COMMAND="$(realpath "$DEVICEID_INJECT_EXE")"
 else
+    DEMO_PLUGIN_COMMAND="$REPO/.venv/bin/python -m deviceid_inject"
     printf '#!/bin/sh\nexec %q -m deviceid_inject "$@"\n' "$REPO/.venv/bin/python" > "$SCRATCH/bin/deviceid-inject"
     chmod +x "$SCRATCH/bin/deviceid-inject"
 fi
@@ -79,10 +83,7 @@ NIC=""
 for dev in /sys/class/net/*; do
     if [[ -e "$dev/device" ]]; then NIC="$(basename "$dev")"; break; fi
 done
-if [[ -z "$NIC" ]]; then
-    echo "Part 2 skipped: this host has no PCI-backed netdev"
-    exit 0
-fi
+part2() {
 step "Part 2: ADD with no fixture, against this host's own $NIC (read only)"
 conf() {
     local prev="$1"
@@ -98,3 +99,7 @@ echo "sysfs says:   $(basename "$(readlink -f "/sys/class/net/$NIC/device/..")")
 if command -v ethtool >/dev/null; then echo "ethtool says: $(ethtool -i "$NIC" | sed -n 's/^bus-info: //p')"; fi
 conf "$RESULT" | CNI_COMMAND=CHECK "$SCRATCH/bin/deviceid-inject" && echo "CHECK passed"
 conf "$RESULT" | CNI_COMMAND=DEL "$SCRATCH/bin/deviceid-inject" && echo "DEL passed"
+}
+if [[ -n "$NIC" ]]; then part2; else echo "Part 2 skipped: this host has no PCI-backed netdev"; fi
+
+SCRATCH="$SCRATCH" DEMO_PLUGIN_COMMAND="$DEMO_PLUGIN_COMMAND" "$REPO/.venv/bin/python" "$REPO/scripts/demo_multus.py"
