@@ -20,7 +20,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "testdata")]
 
 from bridge import BridgeProcess, agent_api, install  # noqa: E402
 from kube import ApiServer, namespace  # noqa: E402
-from multus import Node, Scene, host_device, make_mount_points, remove_mount_points  # noqa: E402
+from multus import Node, Scene, host_device  # noqa: E402
 
 
 def step(text: str) -> None:
@@ -51,7 +51,6 @@ def main() -> int:
         return f"/var/run/netns/{name}"
 
     kube = ApiServer(scratch / "apiserver")
-    made = make_mount_points()
     agent = None
     try:
         step("Part 3: etcd and kube-apiserver v1.34.2 on 127.0.0.1, the NAD CRD, deploy/'s bridge RBAC and policy")
@@ -95,7 +94,6 @@ def main() -> int:
         if agent is not None:
             agent.stop()
         kube.stop()
-        remove_mount_points(made)
         for name in namespaces:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         for link in links:

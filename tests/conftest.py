@@ -31,7 +31,7 @@ from helpers import (  # noqa: E402
     prev_result,
 )
 from kube import ApiServer, missing_tools, namespace  # noqa: E402
-from multus import Node, Scene, make_mount_points, remove_mount_points  # noqa: E402
+from multus import Node, Scene  # noqa: E402
 
 sys.path.insert(0, str(TESTDATA))
 
@@ -206,40 +206,40 @@ def host_veth() -> Iterator[Callable[[], tuple[str, str]]]:
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory) -> Iterator[ApiServer]:
     """etcd and kube-apiserver on loopback for the whole session, with the NAD CRD installed;
-    both stopped at the end, also when a test failed. Multus's fixed node paths get their
-    mount points here (private mount namespaces bind scratch folders over them)."""
+    both stopped at the end, also when a test failed."""
     missing = missing_tools()
     if missing:
         pytest.fail(f"the Kubernetes test bed is not installed ({', '.join(missing)}): run make setup")
     server = ApiServer(tmp_path_factory.mktemp("kube"))
-    made = make_mount_points()
     try:
         server.start()
         server.install_nad_crd()
         yield server
     finally:
         server.stop()
-        remove_mount_points(made)
 
 
 @pytest.fixture
 def scene(kube: ApiServer, cni_path: str, make_netns, host_veth, tmp_path: Path) -> Iterator[Scene]:
-    """A namespace of its own on the test bed, what a node holds, and a first sandbox's netns and
-    veth pair; the namespace (and so its Pods and NADs) is deleted afterwards."""
+    """A namespace of its own on the test bed and what a node holds; sandboxes (netns, veth pair) are
+    made on demand. Afterwards a thick-mode daemon it started is stopped, every netns and veth goes,
+    and the namespace (and so its Pods and NADs) is deleted."""
     api = kube.api()
     ns = f"ran-{uuid.uuid4().hex[:8]}"
     api.post("/api/v1/namespaces", namespace(ns))
+    made = Scene(
+        api=api,
+        ns=ns,
+        node=Node(tmp_path / "node"),
+        kubeconfig=api.kubeconfig(tmp_path / "multus.kubeconfig"),
+        cni_path=cni_path,
+        data_dir=tmp_path / "state",
+        log_file=tmp_path / "deviceid-inject.log",
+        make_veth=host_veth,
+        make_netns=make_netns,
+    )
     try:
-        yield Scene(
-            api=api,
-            ns=ns,
-            node=Node(tmp_path / "node"),
-            kubeconfig=api.kubeconfig(tmp_path / "multus.kubeconfig"),
-            cni_path=cni_path,
-            data_dir=tmp_path / "state",
-            log_file=tmp_path / "deviceid-inject.log",
-            make_veth=host_veth,
-            make_netns=make_netns,
-        )
+        yield made
     finally:
+        made.close()
         api.delete(f"/api/v1/namespaces/{ns}")

@@ -1,10 +1,10 @@
 """Real Multus (thin plugin, built by scripts/install-tools.sh) run the way containerd runs it.
 
 A `Node` is the folder Multus and the plugins take for the node's own: in a private mount
-namespace that dies with the Multus process, it is bound over /var/lib/cni (Multus's and
-libcni's caches), /var/lib/kubelet (the device plugin checkpoint Multus falls back to
-without a pod-resources socket) and /run/k8s.cni.cncf.io (the device-info tree). So Multus's
-fixed paths are real paths, and the host's own folders never see a write.
+namespace that dies with the Multus process (see `isolation`), it appears at /var/lib/cni
+(Multus's and libcni's caches), /var/lib/kubelet (the device plugin checkpoint Multus falls
+back to without a pod-resources socket) and /var/run/k8s.cni.cncf.io (the device-info tree).
+So Multus's fixed paths are real paths, and the host's own folders never see a write.
 """
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,40 +26,47 @@ from helpers import SYSFS_IAVF, Outcome, passed_through, read_json, run_in_group
 from kube import K8S_TOOLS, Api, nad, network_status, pod
 
 MULTUS_VERSIONS = ("v4.0.2", "v3.7.1", "v3.7.2")
-# Where the Node's folders appear to Multus and the plugins: (scratch subfolder, mount point).
+CHECKPOINT = "device-plugins/kubelet_internal_checkpoint"
+# Where a Node's scratch folders appear to Multus and the plugins: (subfolder, fixed path), "$run"
+# standing for what /var/run resolves to (usually /run).
 BINDS = (
     ("var-lib-cni", "/var/lib/cni"),
     ("var-lib-kubelet", "/var/lib/kubelet"),
-    ("run-k8s-cni", "/var/run/k8s.cni.cncf.io"),
+    ("run-k8s-cni", "$run/k8s.cni.cncf.io"),
 )
-MOUNT_POINTS = tuple(target for _, target in BINDS)
-CHECKPOINT = "device-plugins/kubelet_internal_checkpoint"
-_ISOLATE = (
-    'set -e; root="$1"; shift; '
-    + "; ".join(f'mount --bind "$root/{sub}" {target}' for sub, target in BINDS)
-    + '; exec "$@"'
-)
+
+
+def isolation(binds: tuple[tuple[str, str], ...] = BINDS) -> str:
+    """A shell script for `unshare --mount`: /run and /var/lib become tmpfs of this namespace only (the
+    host's netns folder moved in, so CNI_NETNS paths still work), then each `$1/<subfolder>` is bound at
+    its fixed path, then the rest of the arguments is exec'd. Nothing is made at the host's paths, and no
+    other session's clean-up can pull a bind from under a running Multus."""
+    lines = [
+        'set -e; root="$1"; shift',
+        "run=$(readlink -f /var/run)",
+        'mkdir -p "$root/.netns"',
+        'if [ -d "$run/netns" ]; then mount --rbind "$run/netns" "$root/.netns"; fi',
+        'mount -t tmpfs -o mode=0755 node-run "$run"',
+        "mount -t tmpfs -o mode=0755 node-var-lib /var/lib",
+        'mkdir -p "$run/netns"',
+        'if mountpoint -q "$root/.netns"; then mount --move "$root/.netns" "$run/netns"; fi',
+    ]
+    for sub, target in binds:
+        lines.append(f'mkdir -p "{target}"; mount --bind "$root/{sub}" "{target}"')
+    lines.append('exec "$@"')
+    return "\n".join(lines)
+
+
+def make_mount_points() -> list[str]:  # TEMPORARY: removed once benchmarks/bridge_bench.py stops calling it
+    return []
+
+
+def remove_mount_points(made: list[str]) -> None:  # TEMPORARY, as above
+    del made
 
 
 def multus_binary(version: str) -> Path:
     return K8S_TOOLS / f"multus-{version}" / "multus"
-
-
-def make_mount_points() -> list[str]:
-    """Create the bind targets that do not exist yet; returns those made, for remove_mount_points."""
-    made = []
-    for target in MOUNT_POINTS:
-        real = os.path.realpath(target)
-        if not os.path.exists(real):
-            os.makedirs(real)
-            made.append(real)
-    return made
-
-
-def remove_mount_points(made: list[str]) -> None:
-    for folder in reversed(made):
-        with contextlib.suppress(OSError):  # something else put a file there since: not ours
-            os.rmdir(folder)
 
 
 @dataclass
@@ -148,12 +160,144 @@ def run_multus(
     env.update(passed_through())
     argv = [
         "unshare", "--mount", "--propagation", "private",
-        "sh", "-c", _ISOLATE, "sh", str(node.root),
+        "sh", "-c", isolation(), "sh", str(node.root),
         str(multus_binary(version)),
     ]  # fmt: skip
     stdin = json.dumps(multus_config(kubeconfig, node)).encode()
     code, stdout, stderr = run_in_group(argv, env, timeout, stdin)
     return Outcome(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+
+
+# --- thick mode: multus-daemon runs the delegates, multus-shim is what containerd calls ---------------
+#
+# No kubelet is needed. What the daemon does want, read in v4.0.2's source:
+# - an in-cluster API config, always (`pkg/server/server.go` NewCNIServer -> `k8sclient.InClusterK8sClient`
+#   -> client-go `rest.InClusterConfig`): KUBERNETES_SERVICE_HOST/PORT and a token and CA at
+#   /var/run/secrets/kubernetes.io/serviceaccount. A `kubeconfig` key is never read for the daemon's client,
+#   so the test bed's admin token goes in that folder, bound from scratch as a projected volume would be.
+# - in "auto" mode (its default) a primary CNI config in `multusAutoconfigDir`, from which it writes
+#   `00-multus.conf`, the shim's config; no node name, no informer, no readiness indicator unless
+#   configured, and the pod-resources socket only for NADs with a resourceName.
+# - the shim finds the daemon through `daemonSocketDir` in its config (default /run/multus/); the daemon's
+#   generated config names it `socketDir`, which the shim does not read, so the shim's config gets both.
+
+THICK = "v4.0.2-thick"
+MULTUS_THICK = K8S_TOOLS / "multus-v4.0.2"
+SERVICE_ACCOUNT = "kubernetes.io/serviceaccount"
+# The daemon's mount namespace: as `isolation` makes it, with the host's netns folder a slave (sandboxes
+# made later show up, as with the DaemonSet's `mountPropagation: HostToContainer`) and the
+# service-account folder at its fixed path too.
+THICK_BINDS = (("run-k8s-cni", "$run/k8s.cni.cncf.io"), ("run-secrets", "$run/secrets"))
+
+
+class ThickMultus:
+    """multus-daemon for one Node, and multus-shim calls to it as containerd makes them."""
+
+    def __init__(self, node: Node, api: Api, cni_path: str) -> None:
+        self.node = node
+        self.api = api
+        self.cni_path = cni_path
+        self.socket_dir = node.root / "run-multus"  # the daemon removes and makes it again itself
+        self.net_d = node.root / "etc-cni-net.d"
+        self.daemon_config = node.root / "daemon-config.json"
+        self.daemon_output = node.root / "multus-daemon.out"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.socket_dir / "multus.sock"
+
+    def start(self, timeout: float = 30) -> None:
+        secrets = self.node.root / "run-secrets" / SERVICE_ACCOUNT
+        secrets.mkdir(parents=True)
+        (secrets / "token").write_text(self.api.token)
+        shutil.copy(self.api.ca_file, secrets / "ca.crt")
+        self.net_d.mkdir()
+        primary = {"cniVersion": "0.3.1", "name": "default-lo", "type": "loopback"}
+        (self.net_d / "10-default-lo.conf").write_text(json.dumps(primary))
+        config = {
+            "logFile": str(self.node.multus_log),
+            "logLevel": "debug",
+            "logToStderr": False,  # the log once, in the file; panics still reach multus-daemon.out
+            "socketDir": str(self.socket_dir),
+            "cniVersion": "0.3.1",
+            "cniConfigDir": str(self.net_d),
+            "multusConfigFile": "auto",
+            "multusAutoconfigDir": str(self.net_d),
+            # Merged into every request's config: Multus's cache and libcni's, instead of /var/lib/cni/multus.
+            "cniDir": str(self.node.root / "var-lib-cni" / "multus"),
+        }  # no chrootDir: the daemon runs on the node's root; no metricsPort: it would listen on every address
+        self.daemon_config.write_text(json.dumps(config))
+
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_PATH": self.cni_path,  # libcni looks for the delegates there (pkg/multus/multus.go confAdd)
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": self.api.url.rpartition(":")[2],
+            **passed_through(),
+        }
+        argv = [
+            "unshare", "--mount", "--propagation", "slave",
+            "sh", "-c", isolation(THICK_BINDS), "sh", str(self.node.root),
+            str(MULTUS_THICK / "multus-daemon"), "-config", str(self.daemon_config),
+        ]  # fmt: skip
+        with open(self.daemon_output, "wb") as out:
+            self.proc = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while not (self._healthy() and (self.net_d / "00-multus.conf").exists()):
+            assert self.proc.poll() is None, f"multus-daemon exited with {self.proc.returncode}\n{self.logs()}"
+            assert time.monotonic() < deadline, f"multus-daemon not ready after {timeout} s\n{self.logs()}"
+            time.sleep(0.1)
+
+    def _healthy(self) -> bool:
+        """GET /healthz on the daemon's socket, as a readiness probe would."""
+        try:
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.settimeout(2)
+                conn.connect(str(self.socket))
+                conn.sendall(b"GET /healthz HTTP/1.0\r\nHost: multus\r\n\r\n")
+                return conn.recv(64).startswith(b"HTTP/1.0 200")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM to the daemon's process group (it and any plugin it runs), SIGKILL if it lingers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def logs(self) -> str:
+        parts = [p.read_text(errors="replace") for p in (self.daemon_output, self.node.multus_log) if p.exists()]
+        return "\n".join(parts)
+
+    def shim_config(self) -> dict[str, Any]:
+        """The daemon's generated 00-multus.conf, plus where the shim finds the daemon's socket."""
+        config = json.loads((self.net_d / "00-multus.conf").read_text())
+        return {**config, "daemonSocketDir": str(self.socket_dir)}
+
+    def shim(self, command: str, box: Sandbox, timeout: float = 120) -> Outcome:
+        """One CNI call of multus-shim for the sandbox, from the host's namespaces as containerd makes it."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": box.container_id,
+            "CNI_NETNS": box.netns,
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": self.cni_path,
+            "CNI_ARGS": cni_args(box.pod, box.container_id),
+        }
+        stdin = json.dumps(self.shim_config()).encode()
+        code, stdout, stderr = run_in_group([str(MULTUS_THICK / "multus-shim")], env, timeout, stdin)
+        return Outcome(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
 
 # --- a namespace on the test bed, with the field's NAD and Pods whose sandboxes Multus attaches --------
@@ -231,6 +375,12 @@ class Scene:
     log_file: Path
     make_veth: Callable[[], tuple[str, str]]
     make_netns: Callable[[], str]
+    _thick: ThickMultus | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Stop what the scene started (the thick-mode daemon)."""
+        if self._thick is not None:
+            self._thick.stop()
 
     def create_nad(self, first: dict[str, Any], name: str = NETWORK, **options: Any) -> None:
         body = field_nad(name, first, self.data_dir, self.log_file, **options)
@@ -250,6 +400,13 @@ class Scene:
         return self.api.get(f"/api/v1/namespaces/{self.ns}/pods/{name}")
 
     def multus(self, version: str, command: str, box: Sandbox) -> Outcome:
+        """One CNI call for the sandbox: the thin plugin of `version`, or THICK: multus-shim to a
+        multus-daemon of this scene's node (started on first use)."""
+        if version == THICK:
+            if self._thick is None:
+                self._thick = ThickMultus(self.node, self.api, self.cni_path)
+                self._thick.start()
+            return self._thick.shim(command, box)
         return run_multus(
             version,
             command,
@@ -264,7 +421,8 @@ class Scene:
     def add(self, version: str, box: Sandbox) -> dict[str, Any]:
         """Multus ADD for the sandbox, which must succeed; the Pod as Multus left it."""
         out = self.multus(version, "ADD", box)
-        assert out.code == 0, f"{out.stdout}\n{out.stderr}\n{self.node.multus_log.read_text()}"
+        log = self._thick.logs() if self._thick else self.node.multus_log.read_text()
+        assert out.code == 0, f"{out.stdout}\n{out.stderr}\n{log}"
         assert out.json["cniVersion"], out.stdout
         return self.read_pod(box.name)
 

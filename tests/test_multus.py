@@ -2,15 +2,16 @@
 
 Each test creates a Pod through the API (bound to a node, never started: there is no kubelet),
 a NetworkAttachmentDefinition shaped like the field's (cniVersion 0.3.0, host-device standing in
-for akshci-iov, then deviceid-inject), calls the Multus thin plugin as containerd would, and reads
-network-status back as Multus wrote it. These rows are the README's Multus matrix.
+for akshci-iov, then deviceid-inject), calls Multus as containerd would (the thin plugin, or
+multus-shim to a multus-daemon: THICK), and reads network-status back as Multus wrote it. These
+rows are the README's Multus matrix.
 """
 
 from __future__ import annotations
 
 import pytest
 from helpers import NET1_DEVICE_INFO, NET1_PCI, attachment_state, fallback_name, files_under, read_json
-from multus import NETWORK, Scene, host_device, macvlan
+from multus import NETWORK, THICK, Scene, host_device, macvlan
 
 pytestmark = [pytest.mark.netns, pytest.mark.multus]
 
@@ -26,7 +27,7 @@ def selection(**extra: str) -> list[dict[str, str]]:
 # --- Multus v4.0.2 and v3.7.2: the gate ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", ["v4.0.2", "v3.7.2"])
+@pytest.mark.parametrize("version", ["v4.0.2", "v3.7.2", THICK])
 def test_without_a_device_plugin_network_status_has_no_device_info(scene: Scene, version: str):
     box = scene.sandbox("upf-0")
     scene.create_nad(host_device(box.peer))
@@ -76,11 +77,12 @@ def test_v3_7_1_hands_every_delegate_a_path_and_network_status_has_our_device_in
     assert attachment_state(scene.data_dir) == []
 
 
-def test_v4_selection_route_a_placeholder_device_id_brings_our_device_info(scene: Scene):
+@pytest.mark.parametrize("version", ["v4.0.2", THICK])
+def test_v4_selection_route_a_placeholder_device_id_brings_our_device_info(scene: Scene, version: str):
     """No agent, no device plugin: the Pod's selection names a deviceID that is no device at all."""
     box = scene.sandbox("upf-0", selection(deviceID=PLACEHOLDER))
     scene.create_nad(host_device(box.peer))
-    pod = scene.add("v4.0.2", box)
+    pod = scene.add(version, box)
 
     # The VF we discovered, not the placeholder Multus passed to us as runtimeConfig.deviceID.
     assert scene.entry(pod)["device-info"] == NET1_DEVICE_INFO
@@ -92,7 +94,7 @@ def test_v4_selection_route_a_placeholder_device_id_brings_our_device_info(scene
     assert (record["pod_namespace"], record["pod_name"], record["pod_uid"]) == (scene.ns, "upf-0", box.uid)
     assert record["device_info"] == NET1_DEVICE_INFO
 
-    out = scene.multus("v4.0.2", "DEL", box)
+    out = scene.multus(version, "DEL", box)
     assert out.code == 0, out.stdout + out.stderr
     assert files_under(scene.node.devinfo) == []
 
