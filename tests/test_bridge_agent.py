@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,36 @@ def test_the_watch_has_a_read_timeout(tmp_path: Path):
     )
     client = agent.client_for(Settings(node=NODE, data_dir=str(tmp_path), kubeconfig=str(kubeconfig)))
     assert client._client._watch_timeout.read == agent.WATCH_SECONDS + 30
+
+
+def test_a_record_that_lands_while_the_watch_is_quiet_is_found_by_the_resync(tmp_path: Path):
+    """The watch blocks while nothing happens on the node; the resync thread still finds a record
+    written after the Pod's last event, and keeps /healthz's heartbeat going."""
+    release = threading.Event()
+
+    class QuietClient(FakeClient):
+        def watch(self, *args: Any, resource_version: str, **kwargs: Any):
+            self.watched_from.append(resource_version)
+            release.wait(20)
+            return iter(())
+
+    client = QuietClient([pod("10")], [])
+    settings = Settings(node=NODE, data_dir=str(tmp_path), resync=0.05)
+    bridge = Bridge(settings, client, Metrics(), Log("debug", stream=io.StringIO()))
+    worker = threading.Thread(target=bridge.run, args=(client.stop,), daemon=True)
+    worker.start()
+    try:
+        assert bridge.synced.wait(10)
+        assert client.patches == []  # no record yet
+        Store(str(tmp_path)).save(
+            Record("sandbox1", "net1", "n6", "0000:3b:02.3", "netdev sysfs", None, False, "ran", "upf-0", UID, VF)
+        )
+        deadline = time.monotonic() + 10
+        while not client.patches and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(client.patches) == 1
+        assert bridge.metrics.alive(stale_after=1.0)
+    finally:
+        client.stop.set()
+        release.set()
+        worker.join(10)

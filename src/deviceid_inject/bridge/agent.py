@@ -3,11 +3,14 @@ ours has device-info that Multus left out.
 
 One thread lists the node's Pods (field selector spec.nodeName), then watches from the list's
 resourceVersion; a 410 Gone relists, any other failure waits with capped exponential backoff and
-resumes from the last resourceVersion seen. Every ADDED or MODIFIED event is reconciled, and every
-Pod known is reconciled again every `resync` seconds (a record can land after the event that
-needed it). A patch goes to the pods/status subresource, as Multus's own write does, as a JSON
-merge patch that names the resourceVersion it was computed from: a concurrent writer makes it
-fail with 409, and it is recomputed from a fresh read, so no other writer's change is lost.
+resumes from the last resourceVersion seen. Every ADDED or MODIFIED event is reconciled. A second
+thread looks at every known Pod with a record again every `resync` seconds, from the objects the
+watch delivered (a record can land after the event that needed it), and beats the heart /healthz
+reads: the watch itself may rightly block for minutes on a quiet node.
+
+A patch goes to the pods/status subresource, as Multus's own write does, as a JSON merge patch
+that names the resourceVersion it was computed from: a concurrent writer makes it fail with 409,
+and it is recomputed from a fresh read, so no other writer's change is lost.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class PodKey:
     name: str
     uid: str
 
+    @classmethod
+    def of(cls, pod: Pod) -> PodKey:
+        return cls(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)
+
 
 @dataclass
 class Bridge:
@@ -56,8 +63,10 @@ class Bridge:
     metrics: Metrics
     log: Log
     index: RecordIndex = field(init=False)
-    pods: dict[str, PodKey] = field(default_factory=dict)  # by UID: what the watch says is on this node
+    pods: dict[str, Pod] = field(default_factory=dict)  # by UID: the newest object seen of each Pod here
     synced: threading.Event = field(default_factory=threading.Event)
+    # The watch thread and the resync thread both change `pods` and patch: one at a time.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.index = RecordIndex(self.settings.data_dir)
@@ -65,10 +74,11 @@ class Bridge:
     # --- the loop --------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """List, watch, relist on 410, back off on failures; returns only when `stop` is set."""
+        """List, watch, relist on 410, back off on failures; returns only when `stop` is set. A second
+        thread resyncs every `resync` seconds, as the watch blocks for as long as nothing happens."""
+        threading.Thread(target=self._resync_loop, args=(stop,), name="bridge-resync", daemon=True).start()
         failures = 0
         version: str | None = None
-        next_resync = time.monotonic() + self.settings.resync
         while not stop.is_set():
             try:
                 if version is None:
@@ -77,17 +87,10 @@ class Bridge:
                     failures = 0
                     self.metrics.heartbeat()
                     version = pod.metadata.resourceVersion or version
-                    if kind in ("ADDED", "MODIFIED"):
-                        self._remember(pod)
-                        self.reconcile(pod, seen=time.monotonic())
-                    elif kind == "DELETED":
-                        self.pods.pop(pod.metadata.uid, None)
-                    if time.monotonic() >= next_resync:
-                        self.resync()
-                        next_resync = time.monotonic() + self.settings.resync
+                    with self.lock:
+                        self._event(kind, pod)
                     if stop.is_set():
                         return
-                self.metrics.heartbeat()  # the server ended the watch: resume from `version`
             except ApiError as err:
                 if err.status.code == 410:
                     self.log.info("watch: resourceVersion too old (410 Gone); listing again")
@@ -110,16 +113,42 @@ class Bridge:
     def _list(self) -> str:
         listing = self.client.list(Pod, namespace="*", fields={"spec.nodeName": self.settings.node})
         pods = list(listing)
-        self.pods = {}
-        for pod in pods:
-            self._remember(pod)
+        with self.lock:
+            self.pods = {pod.metadata.uid: pod for pod in pods}
+            self.metrics.pods.set(len(self.pods))
+            self.log.info(f"listed {len(pods)} pods on node {self.settings.node}")
+            self.index.refresh()
+            for pod in pods:
+                self.reconcile(pod, seen=time.monotonic(), refresh=False)
         self.synced.set()
-        self.metrics.pods.set(len(self.pods))
-        self.log.info(f"listed {len(pods)} pods on node {self.settings.node}")
-        self.index.refresh()
-        for pod in pods:
-            self.reconcile(pod, seen=time.monotonic(), refresh=False)
         return listing.resourceVersion
+
+    def _event(self, kind: str, pod: Pod) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self.pods[pod.metadata.uid] = pod
+            self.reconcile(pod, seen=time.monotonic())
+        elif kind == "DELETED":
+            self.pods.pop(pod.metadata.uid, None)
+        self.metrics.pods.set(len(self.pods))
+
+    def _resync_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.resync):
+            try:
+                with self.lock:
+                    if self.synced.is_set():
+                        self.resync()
+            except (httpx.HTTPError, OSError) as err:
+                self.metrics.errors.labels(kind="api").inc()
+                self.log.warning(f"resync: {type(err).__name__}: {err}")
+            self.metrics.heartbeat()  # alive: the watch may rightly be silent for minutes
+
+    def resync(self) -> None:
+        """Look at every known Pod with a record again: records that landed after the Pod's last event."""
+        self.index.refresh()
+        with_records = self.index.pod_uids()
+        for uid, pod in list(self.pods.items()):
+            if uid in with_records:
+                self.reconcile(pod, seen=time.monotonic(), refresh=False)
 
     def _watch(self, version: str):
         return self.client.watch(
@@ -131,26 +160,12 @@ class Bridge:
             on_error=on_error_raise,  # lightkube would retry by itself; we relist or back off instead
         )
 
-    def _remember(self, pod: Pod) -> None:
-        meta = pod.metadata
-        self.pods[meta.uid] = PodKey(meta.namespace, meta.name, meta.uid)
-        self.metrics.pods.set(len(self.pods))
-
     def _back_off(self, stop: threading.Event, failures: int, why: str) -> None:
         self.metrics.errors.labels(kind="api").inc()
         delay = min(self.settings.backoff_max, self.settings.backoff_initial * 2 ** (failures - 1))
         delay *= random.uniform(0.8, 1.2)
         self.log.warning(f"API server: {why}; retrying in {delay:.1f} s (failure {failures})")
         stop.wait(delay)
-
-    def resync(self) -> None:
-        """Look at every known Pod again: records that landed after their Pod's last event."""
-        self.index.refresh()
-        for key in list(self.pods.values()):
-            if key.uid in self.index.pod_uids():
-                pod = self._get(key)
-                if pod is not None:
-                    self.reconcile(pod, seen=time.monotonic(), refresh=False)
 
     # --- one Pod ---------------------------------------------------------------------------------------
 
@@ -160,14 +175,14 @@ class Bridge:
             return False  # the field selector should make this impossible; never touch another node's
         if refresh:
             self.index.refresh()
-        key = PodKey(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)
+        key = PodKey.of(pod)
         for _ in range(PATCH_ATTEMPTS):
             known = self.index.for_pod(key.uid)
             value = with_device_info(_annotation(pod), known)
             if value is None:
                 return False
             try:
-                self._patch(key, pod.metadata.resourceVersion, value)
+                patched = self._patch(key, pod.metadata.resourceVersion, value)
             except ApiError as err:
                 if err.status.code == 409:  # another writer since our read: recompute from a fresh one
                     self.metrics.conflicts.inc()
@@ -181,6 +196,8 @@ class Bridge:
                 self.metrics.errors.labels(kind="patch").inc()
                 self.log.error(f"patching {key.namespace}/{key.name}: {err.status.code} {err.status.message}")
                 return False
+            if patched is not None:
+                self.pods[key.uid] = patched
             self.metrics.patches.inc()
             self.metrics.latency.observe(time.monotonic() - seen)
             self.log.info(f"added device-info to {key.namespace}/{key.name} (uid {key.uid})")
@@ -201,11 +218,12 @@ class Bridge:
         if pod.metadata.uid != key.uid:
             self.pods.pop(key.uid, None)
             return None
+        self.pods[key.uid] = pod
         return pod
 
-    def _patch(self, key: PodKey, version: str | None, value: str) -> None:
+    def _patch(self, key: PodKey, version: str | None, value: str) -> Pod | None:
         body = {"metadata": {"resourceVersion": version, "annotations": {NETWORK_STATUS: value}}}
-        self.client.patch(
+        return self.client.patch(
             Pod.Status, key.name, body, namespace=key.namespace, patch_type=PatchType.MERGE, field_manager=FIELD_MANAGER
         )
 
