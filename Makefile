@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-python test-binary lint build bench clean
+.PHONY: setup demo test test-python test-binary lint build bench bench-quick clean
 
 setup: $(STAMP)
 	@bash scripts/install-tools.sh
@@ -21,8 +21,8 @@ demo: setup
 	@bash scripts/demo.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests testdata benchmarks packaging
-	$(VENV)/bin/ruff format --check src tests testdata benchmarks packaging
+	$(VENV)/bin/ruff check src tests testdata benchmarks packaging scripts
+	$(VENV)/bin/ruff format --check src tests testdata benchmarks packaging scripts
 
 # The whole suite: lint, every test against `python -m deviceid_inject`, then the binary is
 # built and every test runs again against it, then the benchmark once in its quick mode.
@@ -40,14 +40,19 @@ build:
 test-binary: setup build
 	DEVICEID_INJECT_EXE=$(CURDIR)/dist/deviceid-inject $(PY) -m pytest
 
-# ADD/CHECK/DEL medians against Go tuning and the Nuitka floor (benchmarks/bench.py).
+# ADD/CHECK/DEL medians against Go tuning and the Nuitka floor (benchmarks/bench.py), then the
+# network-status bridge on the test bed (benchmarks/bridge_bench.py: device-info latency after
+# Multus, the agent's RSS and CPU), python -m deviceid_inject and the binary, in bridge-results.md.
 bench: setup build
 	./build.sh hello
 	$(PY) benchmarks/bench.py --out benchmarks/results.md
+	$(PY) benchmarks/bridge_bench.py --out benchmarks/bridge-results.md
+	$(PY) benchmarks/bridge_bench.py --exe dist/deviceid-inject --out benchmarks/bridge-results.md --append
 
 bench-quick: setup build
 	./build.sh hello
 	$(PY) benchmarks/bench.py --quick
+	$(PY) benchmarks/bridge_bench.py --quick --exe dist/deviceid-inject
 
 clean:
 	rm -rf $(VENV) .tools .build dist

@@ -57,14 +57,6 @@ def isolation(binds: tuple[tuple[str, str], ...] = BINDS) -> str:
     return "\n".join(lines)
 
 
-def make_mount_points() -> list[str]:  # TEMPORARY: removed once benchmarks/bridge_bench.py stops calling it
-    return []
-
-
-def remove_mount_points(made: list[str]) -> None:  # TEMPORARY, as above
-    del made
-
-
 def multus_binary(version: str) -> Path:
     return K8S_TOOLS / f"multus-{version}" / "multus"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from bridge import USERNAME, BridgeProcess, agent_api, install, wait_for_policy
+from bridge import USERNAME, VFS, BridgeProcess, agent_api, device_info, install, wait_for_policy
 from helpers import NET1_DEVICE_INFO, Impl
 from kube import Api, ApiServer, jwt_claims, network_status, service_account_token
 from multus import NODE, Sandbox, Scene, host_device
@@ -27,12 +27,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.multus]
 
 OTHER_NODE = "node-b"
 MERGE = "application/merge-patch+json"
-# The 16 VFs of the vf-iavf fixture: a Pod's NAD names one, so a swap between Pods shows.
-VFS = [f"0000:3b:0{1 + i // 8}.{i % 8}" for i in range(16)]
-
-
-def device_info(vf: str) -> dict[str, Any]:
-    return {"type": "pci", "version": "1.1.0", "pci": {"pci-address": vf, "pf-pci-address": "0000:3b:00.0"}}
 
 
 @pytest.fixture(scope="session")
