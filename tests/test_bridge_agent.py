@@ -207,3 +207,15 @@ def test_a_record_that_lands_while_the_watch_is_quiet_is_found_by_the_resync(tmp
         client.stop.set()
         release.set()
         worker.join(10)
+
+
+def test_a_410_answering_the_watch_request_itself_lists_again(data_dir: Path):
+    import httpx
+
+    request = httpx.Request("GET", "https://127.0.0.1/api/v1/pods?watch=1")
+    gone = httpx.HTTPStatusError("410 Gone", request=request, response=httpx.Response(410, request=request))
+    client = FakeClient([pod("10", status=None)], [gone, []])
+    bridge, _ = run(client, data_dir)
+    assert client.lists == 2
+    assert value(bridge.metrics.relists) == 1
+    assert bridge.metrics.errors.labels(kind="api")._value.get() == 0

@@ -91,24 +91,14 @@ class Bridge:
                         self._event(kind, pod)
                     if stop.is_set():
                         return
-            except ApiError as err:
-                if err.status.code == 410:
+            except (httpx.HTTPError, OSError) as err:  # lightkube's ApiError is an httpx.HTTPStatusError
+                if _status(err) == 410:  # as an ERROR event, or as the answer to the watch request
                     self.log.info("watch: resourceVersion too old (410 Gone); listing again")
                     self.metrics.relists.inc()
                     version = None
                     continue
                 failures += 1
-                self._back_off(stop, failures, f"API error {err.status.code}: {err.status.message}")
-            except httpx.HTTPStatusError as err:
-                if err.response.status_code == 410:  # the watch request itself refused, not an event
-                    self.metrics.relists.inc()
-                    version = None
-                    continue
-                failures += 1
-                self._back_off(stop, failures, f"HTTP {err.response.status_code} from the API server")
-            except (httpx.HTTPError, OSError) as err:
-                failures += 1
-                self._back_off(stop, failures, f"{type(err).__name__}: {err}")
+                self._back_off(stop, failures, _describe(err))
 
     def _list(self) -> str:
         listing = self.client.list(Pod, namespace="*", fields={"spec.nodeName": self.settings.node})
@@ -226,6 +216,21 @@ class Bridge:
         return self.client.patch(
             Pod.Status, key.name, body, namespace=key.namespace, patch_type=PatchType.MERGE, field_manager=FIELD_MANAGER
         )
+
+
+def _status(err: Exception) -> int | None:
+    """The HTTP status an error carries, if it carries one."""
+    if isinstance(err, ApiError):
+        return err.status.code
+    if isinstance(err, httpx.HTTPStatusError):
+        return err.response.status_code
+    return None
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, ApiError):
+        return f"API error {err.status.code}: {err.status.message}"
+    return f"{type(err).__name__}: {err}"
 
 
 def _annotation(pod: Pod) -> str | None:
