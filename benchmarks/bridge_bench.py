@@ -54,8 +54,8 @@ sys.path.insert(0, str(REPO / "testdata"))
 
 from bridge import VFS, BridgeProcess, agent_api, device_info, install  # noqa: E402
 from helpers import CNI_BIN, have_cni_tools  # noqa: E402
-from kube import Api, ApiServer, missing_tools, namespace, network_status  # noqa: E402
-from multus import NODE, Node, Scene, host_device, multus_binary  # noqa: E402
+from kube import Api, ApiServer, missing_tools, network_status  # noqa: E402
+from multus import NODE, Scene, host_device, multus_binary  # noqa: E402
 
 MULTUS = "v4.0.2"
 LATENCY = "deviceid_inject_bridge_patch_latency_seconds"
@@ -332,19 +332,9 @@ def run(args: argparse.Namespace) -> str:
         install(kube)
         admin = kube.api()
         identity = agent_api(kube, NODE)
-        ns = f"bench-{uuid.uuid4().hex[:8]}"
-        admin.post("/api/v1/namespaces", namespace(ns))
-        scene = Scene(
-            api=admin,
-            ns=ns,
-            node=Node(scratch / "node"),
-            kubeconfig=admin.kubeconfig(scratch / "multus.kubeconfig"),
-            cni_path=plugin_folder(scratch, impl),
-            data_dir=scratch / "state",
-            log_file=scratch / "deviceid-inject.log",
-            make_veth=made.make_veth,
-            make_netns=made.make_netns,
-        )
+        plugins = plugin_folder(scratch, impl)
+        scene = Scene.create(admin, scratch, plugins, made.make_veth, made.make_netns, f"bench-{uuid.uuid4().hex[:8]}")
+        ns = scene.ns
 
         # BridgeProcess passes --log-level debug last; this exec wrapper puts info after it (the last
         # one wins) and keeps the PID: sh execs the implementation, whose launcher execs the program.

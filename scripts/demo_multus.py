@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "testdata")]
 
 from bridge import BridgeProcess, agent_api, install  # noqa: E402
-from kube import ApiServer, namespace  # noqa: E402
-from multus import Node, Scene, host_device  # noqa: E402
+from kube import ApiServer  # noqa: E402
+from multus import Scene, host_device  # noqa: E402
 
 
 def step(text: str) -> None:
@@ -60,18 +60,7 @@ def main() -> int:
         install(kube)
         print(f"API server ready at {kube.url} in {time.monotonic() - started:.1f} s")
         api = kube.api()
-        api.post("/api/v1/namespaces", namespace("ran"))
-        scene = Scene(
-            api=api,
-            ns="ran",
-            node=Node(scratch / "node"),
-            kubeconfig=api.kubeconfig(scratch / "multus.kubeconfig"),
-            cni_path=os.environ["CNI_PATH"],
-            data_dir=scratch / "state",
-            log_file=scratch / "deviceid-inject.log",
-            make_veth=make_veth,
-            make_netns=make_netns,
-        )
+        scene = Scene.create(api, scratch, os.environ["CNI_PATH"], make_veth, make_netns, ns="ran")
         box = scene.sandbox("upf-0", "n6-dpdk")
         scene.create_nad(host_device(box.peer))
         step("Multus v4.0.2 ADD for Pod ran/upf-0 (NAD n6-dpdk: host-device, then deviceid-inject, at 0.3.0)")

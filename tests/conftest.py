@@ -30,8 +30,8 @@ from helpers import (  # noqa: E402
     ip,
     prev_result,
 )
-from kube import ApiServer, missing_tools, namespace  # noqa: E402
-from multus import Node, Scene  # noqa: E402
+from kube import ApiServer, missing_tools  # noqa: E402
+from multus import Scene  # noqa: E402
 
 sys.path.insert(0, str(TESTDATA))
 
@@ -224,22 +224,9 @@ def scene(kube: ApiServer, cni_path: str, make_netns, host_veth, tmp_path: Path)
     """A namespace of its own on the test bed and what a node holds; sandboxes (netns, veth pair) are
     made on demand. Afterwards a thick-mode daemon it started is stopped, every netns and veth goes,
     and the namespace (and so its Pods and NADs) is deleted."""
-    api = kube.api()
-    ns = f"ran-{uuid.uuid4().hex[:8]}"
-    api.post("/api/v1/namespaces", namespace(ns))
-    made = Scene(
-        api=api,
-        ns=ns,
-        node=Node(tmp_path / "node"),
-        kubeconfig=api.kubeconfig(tmp_path / "multus.kubeconfig"),
-        cni_path=cni_path,
-        data_dir=tmp_path / "state",
-        log_file=tmp_path / "deviceid-inject.log",
-        make_veth=host_veth,
-        make_netns=make_netns,
-    )
+    made = Scene.create(kube.api(), tmp_path, cni_path, host_veth, make_netns)
     try:
         yield made
     finally:
         made.close()
-        api.delete(f"/api/v1/namespaces/{ns}")
+        made.api.delete(f"/api/v1/namespaces/{made.ns}")

@@ -369,6 +369,32 @@ class Scene:
     make_netns: Callable[[], str]
     _thick: ThickMultus | None = field(default=None, repr=False)
 
+    @classmethod
+    def create(
+        cls,
+        api: Api,
+        root: Path,
+        cni_path: str,
+        make_veth: Callable[[], tuple[str, str]],
+        make_netns: Callable[[], str],
+        ns: str | None = None,
+    ) -> Scene:
+        """A namespace of its own (`ns`, or a fresh name), with the node's folders, Multus's kubeconfig,
+        the plugin's dataDir and its log under `root`."""
+        ns = ns or f"ran-{uuid.uuid4().hex[:8]}"
+        api.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        return cls(
+            api=api,
+            ns=ns,
+            node=Node(root / "node"),
+            kubeconfig=api.kubeconfig(root / "multus.kubeconfig"),
+            cni_path=cni_path,
+            data_dir=root / "state",
+            log_file=root / "deviceid-inject.log",
+            make_veth=make_veth,
+            make_netns=make_netns,
+        )
+
     def close(self) -> None:
         """Stop what the scene started (the thick-mode daemon)."""
         if self._thick is not None:
