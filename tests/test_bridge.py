@@ -216,6 +216,10 @@ def test_a_pod_recreated_under_the_same_name_gets_nothing_stale(scene: Scene, st
     wait_for(lambda: device_info_of(scene, "control"), why="the control Pod\n" + agent.log())
     time.sleep(2.5)  # two more resyncs
     assert network_status(scene.read_pod("upf-0")) == status
+    # The stale record (a vanished Pod's) costs nothing: no patch tried, no error, no retry loop.
+    assert agent.metric("deviceid_inject_bridge_patches_total") == 1
+    assert agent.metric("deviceid_inject_bridge_conflicts_total") == 0
+    assert agent.metric("deviceid_inject_bridge_errors_total", '{kind="patch"}') == 0
 
 
 def test_a_pod_on_another_node_is_never_touched(scene: Scene, start_bridge):
