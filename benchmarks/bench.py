@@ -122,7 +122,9 @@ class Bench:
             "name": "bench",
             "type": "deviceid-inject",
             "deviceInfoRoot": str(self.scratch / "devinfo"),
-            "dataDir": str(self.scratch / "state"),
+            # A dataDir per variant: each build keys its validation cache by its own build id and
+            # prunes other builds' entries, so two variants sharing one would evict each other.
+            "dataDir": str(self.scratch / f"state-{variant}"),
             "prevResult": {"cniVersion": "1.1.0", "interfaces": [{"name": self.nic, "sandbox": "/proc/1/ns/net"}]},
         }
         container = f"bench-{uuid.uuid4().hex[:12]}"
