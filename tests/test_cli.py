@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from helpers import REPO, TESTDATA, plugin_command
+from helpers import REPO, TESTDATA, passed_through, plugin_command
 
 NAD = REPO / "deploy" / "nad-n6-dpdk.yaml"
 
@@ -122,3 +122,24 @@ def test_check_config_unusable_input_exits_2(tmp_path, text, words):
 def test_check_config_reads_stdin_and_a_missing_file_is_exit_2():
     assert cli("check-config", "-", stdin=NAD.read_text()).returncode == 0
     assert cli("check-config", "/nonexistent/file").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        ([], {}, "no node name"),
+        (["--node", "node-a", "--listen", "9909"], {}, "is not HOST:PORT"),
+        (["--node", "node-a", "--kubeconfig", "/nonexistent/kubeconfig"], {}, "no usable API configuration"),
+        ([], {"NODE_NAME": "node-a", "KUBERNETES_SERVICE_HOST": ""}, "no usable API configuration (in-cluster)"),
+    ],
+)
+def test_bridge_refuses_to_start_without_what_it_needs(args, env, words):
+    """Usage errors exit 2 with one line that names the problem, never a traceback."""
+    argv = [*plugin_command(), "bridge", "--listen", "127.0.0.1:0", *args]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **passed_through(), **env}
+    )
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
