@@ -219,3 +219,12 @@ def test_a_410_answering_the_watch_request_itself_lists_again(data_dir: Path):
     assert client.lists == 2
     assert value(bridge.metrics.relists) == 1
     assert bridge.metrics.errors.labels(kind="api")._value.get() == 0
+
+
+def test_a_pod_gone_before_the_patch_is_let_go_without_an_error(data_dir: Path):
+    client = FakeClient([pod("10")], [[]], patch_errors=[404])
+    bridge, log = run(client, data_dir)
+    assert client.patches == []
+    assert value(bridge.metrics.patches) == 0
+    assert bridge.metrics.errors.labels(kind="patch")._value.get() == 0
+    assert "ran/upf-0 is gone; nothing to patch" in log
