@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 from helpers import REPO, passed_through
-from kube import Api, ApiServer, apply, node, service_account_token
+from kube import Api, ApiServer, apply, namespace, node, service_account_token
 
 DEPLOY = REPO / "deploy"
 ACCOUNT_NAMESPACE = "kube-system"
@@ -42,7 +42,7 @@ def manifests(name: str) -> list[dict[str, Any]]:
 def install(kube: ApiServer) -> None:
     """deploy/'s RBAC and admission policy, the nodes, and kube-system; idempotent."""
     api = kube.api()
-    apply(api, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ACCOUNT_NAMESPACE}}])
+    apply(api, [namespace(ACCOUNT_NAMESPACE)])
     apply(api, [node(name) for name in NODES])
     apply(api, manifests("bridge-rbac.yaml") + manifests("bridge-policy.yaml"))
 

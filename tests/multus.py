@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from helpers import SYSFS_IAVF, Outcome, passed_through, read_json, run_in_group
-from kube import K8S_TOOLS, Api, nad, network_status, pod
+from kube import K8S_TOOLS, Api, nad, namespace, network_status, pod
 
 MULTUS_VERSIONS = ("v4.0.2", "v3.7.1", "v3.7.2")
 CHECKPOINT = "device-plugins/kubelet_internal_checkpoint"
@@ -382,7 +382,7 @@ class Scene:
         """A namespace of its own (`ns`, or a fresh name), with the node's folders, Multus's kubeconfig,
         the plugin's dataDir and its log under `root`."""
         ns = ns or f"ran-{uuid.uuid4().hex[:8]}"
-        api.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        api.post("/api/v1/namespaces", namespace(ns))
         return cls(
             api=api,
             ns=ns,
