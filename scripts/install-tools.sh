@@ -13,16 +13,14 @@
 # (tests/test_cnitool.py drives the real chains these tools make possible)
 set -euo pipefail
 
-# ---- pinned versions -------------------------------------------------------
-CNITOOL_VERSION="v1.3.1"        # github.com/containernetworking/cni: cnitool has add/check/del/gc/status
-CNI_PLUGINS_VERSION="v1.10.0"   # github.com/containernetworking/plugins: supports CNI 0.1.0 .. 1.1.0;
-                                # its go.mod needs Go >= 1.26.8 (older local Go: GOTOOLCHAIN=auto fetches it)
-CNI_PLUGINS=(main/host-device meta/tuning main/loopback main/macvlan)
-APT_PACKAGES=(iproute2 ethtool patchelf util-linux jq time gcc etcd-server openssl)
-# Multus: the first release with the device-info gate is v3.7.2; v3.7.1 still behaves like v3.7.
-MULTUS_V4_VERSIONS=(v4.0.2)
-MULTUS_V3_VERSIONS=(v3.7.1 v3.7.2)
-KUBERNETES_VERSION="v1.34.2"   # kube-apiserver; its staging modules are pinned at the matching v0.34.2
+# ---- pinned versions: scripts/versions.env, the one place they are written ----
+# shellcheck source=versions.env
+source "$(dirname "${BASH_SOURCE[0]}")/versions.env"
+read -r -a CNI_PLUGINS <<<"$CNI_PLUGINS"
+# iptables and conntrack: kube-proxy on the test node; libseccomp-dev and pkg-config: runc's seccomp;
+# libc6-dev: gcc's static libc for the test node's pause program.
+APT_PACKAGES=(iproute2 ethtool patchelf util-linux jq time gcc libc6-dev etcd-server openssl iptables conntrack
+    libseccomp-dev pkg-config)
 
 CNITOOL_PKG="github.com/containernetworking/cni/cnitool"
 CNI_PLUGINS_MOD="github.com/containernetworking/plugins"
@@ -42,6 +40,7 @@ CNI_BIN="$TOOLS/cni-bin"
 STAMP="$CNI_BIN/.versions"
 WANT_STAMP="cnitool=$CNITOOL_VERSION plugins=$CNI_PLUGINS_VERSION (${CNI_PLUGINS[*]##*/}) cgo=0"
 K8S_TOOLS="$TOOLS/k8s"
+NODE_TOOLS="$TOOLS/node"
 
 log() { echo "install-tools: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -124,72 +123,106 @@ for p in "${CNI_PLUGINS[@]}"; do
 done
 echo "$WANT_STAMP" >"$STAMP"
 
-# ---- 3. the Kubernetes test bed: Multus and kube-apiserver ----------------------------------------
-# Neither installs with `go install` here (the module proxy does not serve their version lists), so
-# each is downloaded as a module at its exact version and built in a writable copy of that folder.
-# The module zips leave vendor/ out (only vendor/modules.txt stays), so the build resolves modules.
+# ---- 3. the Kubernetes test bed and the node: Go modules built at exact versions -------------------
+# None of these installs with `go install` here (the module proxy does not serve their version
+# lists), so each is downloaded as a module at its exact version and built in a writable copy of that
+# folder. The module zips leave vendor/ out (only vendor/modules.txt stays), so the build resolves
+# modules. Each lands in a folder named by its version, with a stamp; a stamp that matches skips it.
 k8s_status=""
-mkdir -p "$K8S_TOOLS"
+mkdir -p "$K8S_TOOLS" "$NODE_TOOLS"
 
-# Build $2.. (packages) of the module $1 at version into folder $3, unless its stamp says it is there.
+# build_module_copy MODULE VERSION OUT [VAR=VALUE ...] -- PACKAGE...
+# The VAR=VALUE words (CGO_ENABLED, TAGS, LDFLAGS) change how it is built.
 build_module_copy() {
     local module="$1" version="$2" out="$3"; shift 3
-    local stamp="$out/.version" want="$module@$version"
+    local cgo=0 tags="" ldflags=""
+    while [[ $# -gt 0 && "$1" != "--" ]]; do
+        case "$1" in
+            CGO_ENABLED=*) cgo="${1#*=}" ;;
+            TAGS=*) tags="${1#*=}" ;;
+            LDFLAGS=*) ldflags="${1#*=}" ;;
+            *) die "build_module_copy: unknown option $1" ;;
+        esac
+        shift
+    done
+    shift
+    local stamp="$out/.version" want="$module@$version $*${tags:+ tags=$tags}"
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
-    log "building $want ($*): about a minute or two cold"
+    log "building $module@$version ($*)"
     local src dir
-    src="$(go mod download -json "$want" | jq -r '.Dir // empty')"
-    [[ -n "$src" ]] || die "go mod download $want gave no folder"
+    src="$(go mod download -json "$module@$version" | jq -r '.Dir // empty')"
+    [[ -n "$src" ]] || die "go mod download $module@$version gave no folder"
     dir="$(mktemp -d "$TOOLS/.src.XXXXXX")"
     cp -r "$src/." "$dir/"
     chmod -R u+w "$dir"
     rm -rf "$dir/vendor"
     rm -rf "$out" && mkdir -p "$out"
-    (cd "$dir" && CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" \
-        go build -o "$out/" "$@") || { rm -rf "$dir"; die "building $want failed"; }
+    (cd "$dir" && CGO_ENABLED="$cgo" GOFLAGS="-mod=mod -trimpath -buildvcs=false" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" \
+        go build -tags "$tags" -ldflags "$ldflags" -o "$out/" "$@") || { rm -rf "$dir"; die "building $module@$version failed"; }
     rm -rf "$dir"
     echo "$want" >"$stamp"
-    k8s_status="$k8s_status built $want;"
+    k8s_status="$k8s_status built $module@$version;"
 }
 
-for v in "${MULTUS_V4_VERSIONS[@]}"; do
+for v in $MULTUS_V4_VERSIONS; do
     build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v4 "$v" "$K8S_TOOLS/multus-$v" \
-        ./cmd/multus ./cmd/multus-daemon ./cmd/multus-shim
+        -- ./cmd/multus ./cmd/multus-daemon ./cmd/multus-shim ./cmd/install_multus
 done
-for v in "${MULTUS_V3_VERSIONS[@]}"; do
-    build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v3 "$v" "$K8S_TOOLS/multus-$v" ./cmd
+for v in $MULTUS_V3_VERSIONS; do
+    build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v3 "$v" "$K8S_TOOLS/multus-$v" -- ./cmd
     [[ -x "$K8S_TOOLS/multus-$v/multus" ]] || mv "$K8S_TOOLS/multus-$v/cmd" "$K8S_TOOLS/multus-$v/multus"
 done
 
-# kube-apiserver: k8s.io/kubernetes replaces its staging modules (k8s.io/api, ...) with folders of its
-# own repository, which a module consumer does not have; a scratch module requires it and points
-# each of those at the published module of the matching version (v1.34.2 -> v0.34.2).
-APISERVER_DIR="$K8S_TOOLS/kube-apiserver-$KUBERNETES_VERSION"
-if [[ -f "$APISERVER_DIR/.version" && "$(cat "$APISERVER_DIR/.version")" == "$KUBERNETES_VERSION" ]]; then
+# The node's runtime: containerd (no btrfs: that snapshotter needs cgo and is left out without it)
+# and runc with seccomp (cgo and libseccomp), each stamped with its version as upstream's Makefiles do.
+build_module_copy github.com/containerd/containerd/v2 "$CONTAINERD_VERSION" "$NODE_TOOLS/containerd-$CONTAINERD_VERSION" \
+    "LDFLAGS=-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+    -- ./cmd/containerd ./cmd/containerd-shim-runc-v2 ./cmd/ctr
+build_module_copy github.com/opencontainers/runc "$RUNC_VERSION" "$NODE_TOOLS/runc-$RUNC_VERSION" \
+    CGO_ENABLED=1 "TAGS=seccomp urfave_cli_no_docs" "LDFLAGS=-X main.version=${RUNC_VERSION#v}" -- .
+
+# Kubernetes: k8s.io/kubernetes replaces its staging modules (k8s.io/api, ...) with folders of its own
+# repository, which a module consumer does not have; a scratch module requires it and points each of
+# those at the published module of the matching version (v1.37.2 -> v0.37.2). One `go build` for all
+# six commands, so their shared packages compile once; the version is stamped as upstream's build does
+# (a node then registers as v1.37.2, not v0.0.0-master).
+KUBE_DIR="$K8S_TOOLS/kubernetes-$KUBERNETES_VERSION"
+KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+if [[ -f "$KUBE_DIR/.version" && "$(cat "$KUBE_DIR/.version")" == "$KUBERNETES_VERSION ${KUBE_CMDS[*]}" ]]; then
     :
 else
-    log "building kube-apiserver $KUBERNETES_VERSION: 5 to 8 minutes cold on 2 cores"
+    log "building Kubernetes $KUBERNETES_VERSION (${KUBE_CMDS[*]}): 12 to 18 minutes cold on 2 cores"
     staging_version="v0.${KUBERNETES_VERSION#v1.}"
-    scratch="$(mktemp -d "$TOOLS/.apiserver.XXXXXX")"
+    minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+    scratch="$(mktemp -d "$TOOLS/.kubernetes.XXXXXX")"
     gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | jq -r '.GoMod // empty')"
     [[ -n "$gomod" ]] || die "go mod download k8s.io/kubernetes@$KUBERNETES_VERSION gave no go.mod"
     {
         echo "module deviceid-inject.test/k8stools"
         echo
-        echo "go 1.24"
+        echo "go $(awk '$1 == "go" { print $2; exit }' "$gomod")"
         echo
         echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
         sed -n 's#^[[:space:]]*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/.*#replace \1 => \1 '"$staging_version"'#p' "$gomod"
     } >"$scratch/go.mod"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >"$scratch/tools.go"
+    {
+        printf '//go:build tools\n\npackage tools\n\nimport (\n'
+        for c in "${KUBE_CMDS[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+        printf ')\n'
+    } >"$scratch/tools.go"
+    version_pkg=k8s.io/component-base/version
+    kube_ldflags="-X $version_pkg.gitVersion=$KUBERNETES_VERSION -X $version_pkg.gitMajor=1 -X $version_pkg.gitMinor=$minor"
+    kube_ldflags="$kube_ldflags -X $version_pkg.gitTreeState=clean -X $version_pkg.buildDate=1970-01-01T00:00:00Z"
+    pkgs=()
+    for c in "${KUBE_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
     (cd "$scratch" && export CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" \
-        && go mod tidy >/dev/null 2>&1 && go build -o kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver) \
-        || { rm -rf "$scratch"; die "building kube-apiserver failed"; }
-    rm -rf "$APISERVER_DIR" && mkdir -p "$APISERVER_DIR"
-    mv "$scratch/kube-apiserver" "$APISERVER_DIR/"
+        && go mod tidy >/dev/null 2>&1 && mkdir out && go build -ldflags "$kube_ldflags" -o out/ "${pkgs[@]}") \
+        || { rm -rf "$scratch"; die "building Kubernetes $KUBERNETES_VERSION failed"; }
+    rm -rf "$KUBE_DIR" && mkdir -p "$KUBE_DIR"
+    mv "$scratch"/out/* "$KUBE_DIR/"
     rm -rf "$scratch"
-    echo "$KUBERNETES_VERSION" >"$APISERVER_DIR/.version"
-    k8s_status="$k8s_status built kube-apiserver $KUBERNETES_VERSION;"
+    echo "$KUBERNETES_VERSION ${KUBE_CMDS[*]}" >"$KUBE_DIR/.version"
+    k8s_status="$k8s_status built Kubernetes $KUBERNETES_VERSION;"
 fi
 command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
 k8s_status="${k8s_status:- k8s test bed ok;} etcd $(etcd --version | awk '/etcd Version/ {print $3}')"

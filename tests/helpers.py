@@ -28,14 +28,14 @@ from typing import Any
 
 import pytest
 
+from tools import CNI_BIN, CNITOOL
+
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / "testdata"
 SYSFS = TESTDATA / "sysfs"
 CONFLISTS = TESTDATA / "conflists"
-CNI_BIN = REPO / ".tools" / "cni-bin"
-CNITOOL = CNI_BIN / "cnitool"
 
 # testdata/sysfs/vf-iavf: the pod's net1 is VF 11 (0000:3b:02.3) of the E810 PF 0000:3b:00.0.
 SYSFS_IAVF = SYSFS / "vf-iavf"

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import REPO, TESTDATA
+import tools
+from helpers import TESTDATA
 
-K8S_TOOLS = REPO / ".tools" / "k8s"
-KUBERNETES_VERSION = "v1.34.2"
-APISERVER = K8S_TOOLS / f"kube-apiserver-{KUBERNETES_VERSION}" / "kube-apiserver"
-ETCD = Path("/usr/bin/etcd")
+APISERVER = tools.kube("kube-apiserver")
+ETCD = tools.ETCD
 ADMIN_TOKEN = "deviceid-inject-test-admin"  # a static token of the loopback test bed
 NAD_CRD = TESTDATA / "k8s" / "nad-crd.json"
 
@@ -43,7 +42,7 @@ def free_port() -> int:
 
 
 def missing_tools() -> list[str]:
-    return [str(p) for p in (APISERVER, ETCD) if not os.access(p, os.X_OK)]
+    return tools.missing(APISERVER, ETCD)
 
 
 class ApiError(Exception):

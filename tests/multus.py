@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from helpers import SYSFS_IAVF, Outcome, passed_through, read_json, run_in_group
-from kube import K8S_TOOLS, Api, nad, namespace, network_status, pod
+from kube import Api, nad, namespace, network_status, pod
+from tools import FIELD_MULTUS, MULTUS_V3_VERSIONS, MULTUS_V4_VERSIONS
+from tools import multus as multus_tool
 
-MULTUS_VERSIONS = ("v4.0.2", "v3.7.1", "v3.7.2")
+MULTUS_VERSIONS = MULTUS_V4_VERSIONS + MULTUS_V3_VERSIONS
 CHECKPOINT = "device-plugins/kubelet_internal_checkpoint"
 # Where a Node's scratch folders appear to Multus and the plugins: (subfolder, fixed path), "$run"
 # standing for what /var/run resolves to (usually /run).
@@ -58,7 +60,7 @@ def isolation(binds: tuple[tuple[str, str], ...] = BINDS) -> str:
 
 
 def multus_binary(version: str) -> Path:
-    return K8S_TOOLS / f"multus-{version}" / "multus"
+    return multus_tool(version)
 
 
 @dataclass
@@ -173,8 +175,7 @@ def run_multus(
 # - the shim finds the daemon through `daemonSocketDir` in its config (default /run/multus/); the daemon's
 #   generated config names it `socketDir`, which the shim does not read, so the shim's config gets both.
 
-THICK = "v4.0.2-thick"
-MULTUS_THICK = K8S_TOOLS / "multus-v4.0.2"
+THICK = f"{FIELD_MULTUS}-thick"
 SERVICE_ACCOUNT = "kubernetes.io/serviceaccount"
 # The daemon's mount namespace: as `isolation` makes it, with the host's netns folder a slave (sandboxes
 # made later show up, as with the DaemonSet's `mountPropagation: HostToContainer`) and the
@@ -231,7 +232,7 @@ class ThickMultus:
         argv = [
             "unshare", "--mount", "--propagation", "slave",
             "sh", "-c", isolation(THICK_BINDS), "sh", str(self.node.root),
-            str(MULTUS_THICK / "multus-daemon"), "-config", str(self.daemon_config),
+            str(multus_tool(FIELD_MULTUS, "multus-daemon")), "-config", str(self.daemon_config),
         ]  # fmt: skip
         with open(self.daemon_output, "wb") as out:
             self.proc = subprocess.Popen(
@@ -288,7 +289,7 @@ class ThickMultus:
             "CNI_ARGS": cni_args(box.pod, box.container_id),
         }
         stdin = json.dumps(self.shim_config()).encode()
-        code, stdout, stderr = run_in_group([str(MULTUS_THICK / "multus-shim")], env, timeout, stdin)
+        code, stdout, stderr = run_in_group([str(multus_tool(FIELD_MULTUS, "multus-shim"))], env, timeout, stdin)
         return Outcome(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
 

@@ -1,0 +1,59 @@
+"""The tools the tests run against and where scripts/install-tools.sh put them, read from
+scripts/versions.env: the one place a version is written.
+
+`missing(...)` names what is not installed; the fixtures fail on it (in `make test` a missing tool
+is a broken setup, never a reason to skip).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = REPO / ".tools"
+VERSIONS_FILE = REPO / "scripts" / "versions.env"
+
+
+def _versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            found[key] = " ".join(shlex.split(value))
+    return found
+
+
+VERSIONS = _versions()
+KUBERNETES_VERSION = VERSIONS["KUBERNETES_VERSION"]
+CONTAINERD_VERSION = VERSIONS["CONTAINERD_VERSION"]
+RUNC_VERSION = VERSIONS["RUNC_VERSION"]
+CNITOOL_VERSION = VERSIONS["CNITOOL_VERSION"]
+CNI_PLUGINS_VERSION = VERSIONS["CNI_PLUGINS_VERSION"]
+MULTUS_V4_VERSIONS = tuple(VERSIONS["MULTUS_V4_VERSIONS"].split())
+MULTUS_V3_VERSIONS = tuple(VERSIONS["MULTUS_V3_VERSIONS"].split())
+THICK_MULTUS = VERSIONS["THICK_MULTUS"]
+FIELD_MULTUS = VERSIONS["FIELD_MULTUS"]
+
+CNI_BIN = TOOLS / "cni-bin"
+CNITOOL = CNI_BIN / "cnitool"
+KUBE_BIN = TOOLS / "k8s" / f"kubernetes-{KUBERNETES_VERSION}"
+CONTAINERD_BIN = TOOLS / "node" / f"containerd-{CONTAINERD_VERSION}"
+RUNC = TOOLS / "node" / f"runc-{RUNC_VERSION}" / "runc"
+ETCD = Path("/usr/bin/etcd")
+
+
+def kube(command: str) -> Path:
+    """kube-apiserver, kubelet, kubectl, ... of KUBERNETES_VERSION."""
+    return KUBE_BIN / command
+
+
+def multus(version: str, command: str = "multus") -> Path:
+    """A Multus binary: the thin plugin, or (v4) multus-daemon, multus-shim, install_multus."""
+    return TOOLS / "k8s" / f"multus-{version}" / command
+
+
+def missing(*paths: Path) -> list[str]:
+    return [str(p) for p in paths if not os.access(p, os.X_OK)]
