@@ -16,8 +16,8 @@
  * between its check and its exec unpacks again and retries once.
  *
  * The cache root (default /var/cache/deviceid-inject, or $DEVICEID_INJECT_CACHE) must be a
- * real directory owned by us and writable by nobody else, or we refuse to exec from it:
- * this runs as root. Failures print one CNI error object on stdout (code 5) and exit 1.
+ * real directory owned by us or by root and writable by nobody else, or we refuse to exec from it:
+ * on a node this runs as root. Failures print one CNI error object on stdout (code 5) and exit 1.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -197,7 +197,9 @@ static void remove_tree(const char *path)
     nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* The cache root must be a real directory, ours, writable by nobody else. */
+/* The cache root must be a real directory, ours or root's, writable by nobody else. Root's is safe
+ * for any caller (only root could change it) and is what an image holds: a workload running as
+ * another user then runs the build unpacked there, and fails cleanly if it is not complete. */
 static void check_root(const char *root)
 {
     struct stat st;
@@ -205,8 +207,8 @@ static void check_root(const char *root)
         fail("cannot create the cache folder", root, errno);
     if (lstat(root, &st) < 0)
         fail("cannot inspect the cache folder", root, errno);
-    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022))
-        fail("refusing the cache folder (not a directory of ours, or writable by others)", root, 0);
+    if (!S_ISDIR(st.st_mode) || (st.st_uid != geteuid() && st.st_uid != 0) || (st.st_mode & 022))
+        fail("refusing the cache folder (not a directory of ours or root's, or writable by others)", root, 0);
 }
 
 /* A folder name that a build id can have: 1 to 55 lower-case hex digits. */

@@ -13,6 +13,8 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from helpers import REPO
@@ -131,3 +133,47 @@ def test_unpacking_removes_other_builds_and_nothing_else(binary, cache):
     old.mkdir()
     assert run(binary, cache).returncode == 0
     assert old.exists()
+
+
+NOBODY = 65534
+
+
+def as_nobody(binary: str, cache) -> subprocess.CompletedProcess:
+    environ = {"PATH": "/usr/bin:/bin", "DEVICEID_INJECT_CACHE": str(cache)}
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", binary]
+    return subprocess.run(argv, input="in", env=environ, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def reachable(binary):
+    """The binary and a cache folder where another user can reach them (pytest's tmp is root's only)."""
+    folder = Path(tempfile.mkdtemp(prefix="dit-launcher-"))
+    try:
+        folder.chmod(0o755)
+        shutil.copy(binary, folder / "deviceid-inject")
+        yield str(folder / "deviceid-inject"), folder / "cache"
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_another_user_runs_the_build_root_unpacked_and_cannot_unpack_there(reachable):
+    """An image holds the build unpacked in a root-owned cache; a workload running as another user
+    runs it from there. Where that cache is not complete, it fails with a CNI error, never a crash."""
+    binary, cache = reachable
+    assert run(binary, cache).returncode == 0  # root unpacks
+    proc = as_nobody(binary, cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[2] == "data:schema-ok"
+    shutil.rmtree(cache / BUILD_ID)
+    proc = as_nobody(binary, cache)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["code"] == 5
+    assert not (cache / BUILD_ID).exists()
+
+
+def test_another_users_cache_is_refused(binary, cache, tmp_path):
+    cache.mkdir(mode=0o755)
+    os.chown(cache, NOBODY, NOBODY)
+    proc = run(binary, cache)
+    assert proc.returncode == 1
+    assert "not a directory of ours or root's" in json.loads(proc.stdout)["msg"]
