@@ -11,9 +11,10 @@
  * Here a folder is unpacked into a private temporary name and renamed into place: rename
  * is atomic, so a reader finds a whole folder or none, and the loser of a race drops its
  * copy and uses the winner's. A damaged folder (a file missing or of the wrong size) is
- * moved aside and unpacked again. Whoever unpacks also removes the folders of other builds,
- * so upgrades do not pile up 40 MB each; a run of an old build that loses its folder that way
- * between its check and its exec unpacks again and retries once.
+ * moved aside and unpacked again. Every run marks its folder used and removes the folders of
+ * other builds that no run has used for ten minutes, so upgrades do not pile up 55 MB each and
+ * no program loses files it still loads; a run that loses its folder anyway between its check
+ * and its exec unpacks again and retries once.
  *
  * The cache root (default /var/cache/deviceid-inject, or $DEVICEID_INJECT_CACHE) must be a
  * real directory owned by us or by root and writable by nobody else, or we refuse to exec from it:
@@ -30,12 +31,15 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAGIC "DIDINJ\0\1"
 #define TRAILER_SIZE 80
 #define ENTRY "deviceid-inject"
 #define DEFAULT_CACHE "/var/cache/deviceid-inject"
+/* Longer than any run of the plugin (the kubelet gives a CNI call 4 minutes at most). */
+#define UNUSED_SECONDS (10 * 60)
 
 struct trailer {
     char magic[8];
@@ -218,10 +222,14 @@ static int is_build_id(const char *name)
     return len > 0 && len < sizeof(((struct trailer *)0)->build_id) && strspn(name, "0123456789abcdef") == len;
 }
 
-/* Remove the unpacked folders of other builds. Running programs keep their open files. */
-static void remove_other_builds(const char *root, const char *ours)
+/* Remove the unpacked folders of other builds that no run has used for UNUSED_SECONDS. A folder in
+ * use must stay: its program loads files from it after it starts (an upgrade that removed the old
+ * build at once made old-build runs still in flight abort). Every run marks its own folder used. */
+static void remove_unused_builds(const char *root, const char *ours)
 {
     char path[4096], aside[4096];
+    struct stat st;
+    time_t now = time(NULL);
     DIR *folder = opendir(root);
     struct dirent *entry;
     if (folder == NULL)
@@ -230,6 +238,8 @@ static void remove_other_builds(const char *root, const char *ours)
         if (!is_build_id(entry->d_name) || strcmp(entry->d_name, ours) == 0)
             continue;
         snprintf(path, sizeof path, "%s/%s", root, entry->d_name);
+        if (lstat(path, &st) < 0 || now - st.st_mtime < UNUSED_SECONDS)
+            continue;
         snprintf(aside, sizeof aside, "%s/.old-%s-%d", root, entry->d_name, (int)getpid());
         if (rename(path, aside) == 0)
             remove_tree(aside);
@@ -259,7 +269,6 @@ static void install(int fd, const struct trailer *t, const char *root, const cha
         if ((err != EEXIST && err != ENOTEMPTY) || !complete(fd, t, dir))
             fail("cannot move the unpacked folder into", dir, err);
     }
-    remove_other_builds(root, t->build_id);
 }
 
 int main(int argc, char **argv)
@@ -285,6 +294,10 @@ int main(int argc, char **argv)
     snprintf(exe, sizeof exe, "%s/%s", dir, ENTRY);
     if (!complete(fd, &t, dir))
         install(fd, &t, root, dir);
+    /* Mark our folder used (its mtime), so no other build's run removes it while we run. On a
+     * read-only cache (an image's) this fails, and nothing there is ever removed either. */
+    utimensat(AT_FDCWD, dir, NULL, 0);
+    remove_unused_builds(root, t.build_id);
     execv(exe, argv);
     if (errno == ENOENT) {
         /* Another build's first run removed our folder after we checked it: once more. */

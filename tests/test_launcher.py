@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,9 @@ from helpers import REPO
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the launcher")
 BUILD_ID = "0123456789abcdef0123"
 PROGRAM = """#!/bin/sh
-# stands in for the Nuitka program: proves args, stdin, exit code and its own data files arrive
+# stands in for the Nuitka program: proves args, stdin, exit code and its own data files arrive;
+# SLEEP_FIRST makes it load its data late, as a program importing modules from its folder does
+sleep "${SLEEP_FIRST:-0}"
 echo "args:$*"
 echo "stdin:$(cat)"
 echo "data:$(cat "$(dirname "$0")/lib/data.txt")"
@@ -120,20 +123,46 @@ def test_a_launcher_without_payload_says_so(launcher, cache):
     assert "no payload" in json.loads(proc.stdout)["msg"]
 
 
-def test_unpacking_removes_other_builds_and_nothing_else(binary, cache):
-    old = cache / "fedcba9876543210fedc"
-    (old / "lib").mkdir(parents=True)
-    (old / "lib" / "big.bin").write_bytes(b"old build")
-    keep = cache / "not-a-build-id"
-    keep.mkdir()
-    cache.chmod(0o755)
-    assert run(binary, cache).returncode == 0
-    assert sorted(os.listdir(cache)) == sorted([BUILD_ID, "not-a-build-id"])
-    # A run that finds its folder complete unpacks nothing, so it removes nothing either.
-    old.mkdir()
-    assert run(binary, cache).returncode == 0
-    assert old.exists()
+def pack(launcher: str, folder, build_id: str, out) -> str:
+    subprocess.run([sys.executable, str(REPO / "packaging/pack.py"), launcher, str(folder), build_id, str(out)], check=True)
+    return str(out)
 
+
+def test_runs_remove_other_builds_unused_for_ten_minutes_and_nothing_else(binary, cache):
+    stale, recent = cache / "fedcba9876543210fedc", cache / "abcabcabcabc"
+    for build in (stale, recent):
+        (build / "lib").mkdir(parents=True)
+        (build / "lib" / "big.bin").write_bytes(b"another build")
+    (cache / "not-a-build-id").mkdir()
+    cache.chmod(0o755)
+    eleven_minutes_ago = time.time() - 11 * 60
+    os.utime(stale, (eleven_minutes_ago, eleven_minutes_ago))
+    assert run(binary, cache).returncode == 0
+    assert sorted(os.listdir(cache)) == sorted([BUILD_ID, "abcabcabcabc", "not-a-build-id"])
+    # Every run marks its own folder used, so no other build's run removes it while it runs.
+    os.utime(cache / BUILD_ID, (eleven_minutes_ago, eleven_minutes_ago))
+    assert run(binary, cache).returncode == 0
+    assert (cache / BUILD_ID).stat().st_mtime > time.time() - 60
+
+
+def test_a_new_builds_first_run_leaves_the_old_builds_running_programs_their_files(
+    launcher, binary, cache, tmp_path
+):
+    """An upgrade: the old build runs (it loads its files late), and the new build's first run unpacks
+    meanwhile. The old run must still find its files (before: removed at once, the run failed)."""
+    assert run(binary, cache).returncode == 0  # the old build, unpacked long before the upgrade
+    old_folder = cache / BUILD_ID
+    long_ago = time.time() - 3600
+    os.utime(old_folder, (long_ago, long_ago))
+    newer = pack(launcher, tmp_path / "folder", "feedfacefeedface", tmp_path / "newer")
+    environ = {"PATH": "/usr/bin:/bin", "DEVICEID_INJECT_CACHE": str(cache), "SLEEP_FIRST": "1"}
+    old_run = subprocess.Popen([binary], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=environ, text=True)
+    time.sleep(0.3)  # the old run has exec'd its program, which has not read its data yet
+    assert run(newer, cache).returncode == 0
+    out, _ = old_run.communicate(timeout=30)
+    assert old_run.returncode == 0
+    assert out.splitlines()[-1] == "data:schema-ok"
+    assert sorted(os.listdir(cache)) == sorted([BUILD_ID, "feedfacefeedface"])
 
 NOBODY = 65534
 
