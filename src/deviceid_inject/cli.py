@@ -5,6 +5,7 @@
     deviceid-inject check-config FILE
     deviceid-inject bridge --node NODE [--kubeconfig FILE] [--data-dir DIR] [--listen HOST:PORT]
     deviceid-inject wait-device-info --annotations FILE --interface NAME [--network NS/NAD] [--timeout S]
+    deviceid-inject install [--from FILE] FOLDER
 
 Exit codes: 0 success (device found, config valid), 1 the answer is no (no device, config
 invalid), 2 usage or unreadable input.
@@ -26,6 +27,7 @@ from .protocol import CniError, check_ifname
 
 EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
 PLUGIN_TYPE = "deviceid-inject"
+IMAGE_BINARY = "/usr/local/bin/deviceid-inject"  # where the image (packaging/image.py) holds it
 
 
 def version_text() -> str:
@@ -82,6 +84,15 @@ def parser() -> argparse.ArgumentParser:
 
     add_arguments(agent)
 
+    put = commands.add_parser(
+        "install",
+        help="install this executable into a node's CNI folder (what the DaemonSet's init container runs)",
+        description="Copies FILE into FOLDER as deviceid-inject atomically (a temporary file, then a rename), "
+        "then runs the installed copy once with --version.",
+    )
+    put.add_argument("folder", help="the node's CNI binary folder, e.g. /host/opt/cni/bin")
+    put.add_argument("--from", dest="source", default=IMAGE_BINARY, help="the file to install (default: %(default)s)")
+
     wait = commands.add_parser(
         "wait-device-info",
         help="wait until the Pod's network-status names the device-info of an interface, then print it",
@@ -109,12 +120,27 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         return check_config(args.file, out, err)
     if args.command == "wait-device-info":
         return wait_device_info(args, out, err)
+    if args.command == "install":
+        return install(args, out, err)
     if args.command == "bridge":
         from .bridge.main import run as run_bridge
 
         return run_bridge(args, Log(args.log_level, stream=err))
     parser().print_help(err)
     return EXIT_USAGE
+
+
+def install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .install import InstallError
+    from .install import install as put
+
+    try:
+        version = put(Path(args.source), Path(args.folder))
+    except InstallError as exc:
+        err.write(f"deviceid-inject: {exc}\n")
+        return EXIT_NO
+    out.write(f"installed {Path(args.folder) / 'deviceid-inject'}: {version}\n")
+    return EXIT_OK
 
 
 def wait_device_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
