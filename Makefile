@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-python test-binary lint build bench bench-quick clean
+.PHONY: setup demo test test-python test-binary lint build image bench bench-quick clean
 
 setup: $(STAMP)
 	@bash scripts/install-tools.sh
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-demo: setup
+demo: setup image
 	@bash scripts/demo.sh
 
 lint: $(STAMP)
@@ -36,23 +36,31 @@ test-python: setup
 build:
 	./build.sh
 
-# The whole suite again, against the binary instead of `python -m deviceid_inject`.
-test-binary: setup build
+# dist/deviceid-inject-image.tar: the image deploy/ runs, as an archive for `ctr images import`,
+# `podman load` or `docker load` (packaging/image.py; deploy/Containerfile builds the same image).
+image: $(STAMP) build
+	$(PY) packaging/image.py deviceid-inject
+
+# The whole suite again, against the binary instead of `python -m deviceid_inject`; the tests on
+# the real node (tests/test_node.py) run only here, against the image built from it.
+test-binary: setup build image
 	DEVICEID_INJECT_EXE=$(CURDIR)/dist/deviceid-inject $(PY) -m pytest
 
 # ADD/CHECK/DEL medians against Go tuning and the Nuitka floor (benchmarks/bench.py), then the
 # network-status bridge on the test bed (benchmarks/bridge_bench.py: device-info latency after
 # Multus, the agent's RSS and CPU), python -m deviceid_inject and the binary, in bridge-results.md.
-bench: setup build
+bench: setup build image
 	./build.sh hello
 	$(PY) benchmarks/bench.py --out benchmarks/results.md
 	$(PY) benchmarks/bridge_bench.py --out benchmarks/bridge-results.md
 	$(PY) benchmarks/bridge_bench.py --exe dist/deviceid-inject --out benchmarks/bridge-results.md --append
+	$(PY) benchmarks/node_bench.py --out benchmarks/node-results.md
 
-bench-quick: setup build
+bench-quick: setup build image
 	./build.sh hello
 	$(PY) benchmarks/bench.py --quick
 	$(PY) benchmarks/bridge_bench.py --quick --exe dist/deviceid-inject
+	$(PY) benchmarks/node_bench.py --quick
 
 clean:
 	rm -rf $(VENV) .tools .build dist

@@ -1,46 +1,120 @@
-"""The cluster install manifests parse, and say what matters: image, hostPath, chain order."""
+"""deploy/ as kustomize (the real kubectl's) builds it: what a user applies, before any node runs it.
+tests/test_node.py applies it to a real node; these say what must hold of the manifests themselves."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+from pathlib import Path
+from typing import Any
 
+import pytest
+import tools
 import yaml
+from harness import run
 from helpers import REPO
 
 from deviceid_inject import cli
 
 DEPLOY = REPO / "deploy"
+PUBLISHED = "ghcr.io/deviceid-inject/deviceid-inject:0.1.0"
 
 
-def load(name: str):
-    return yaml.safe_load((DEPLOY / name).read_text())
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    if tools.missing(tools.kube("kubectl")):
+        pytest.fail(f"{tools.kube('kubectl')} is not built: run make setup")
+    out = run([str(tools.kube("kubectl")), "kustomize", str(folder)])
+    assert out.code == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-def test_daemonset_installs_the_binary_into_the_hosts_cni_bin_atomically():
-    ds = load("daemonset.yaml")
-    assert ds["kind"] == "DaemonSet"
-    pod = ds["spec"]["template"]["spec"]
-    assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["cni-bin"]["hostPath"] == {"path": "/opt/cni/bin", "type": "DirectoryOrCreate"}
-    (init,) = pod["initContainers"]
-    assert init["image"].endswith(":0.1.0")
+def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (ds,) = [o for o in objects if o["kind"] == "DaemonSet"]
+    return ds["spec"]["template"]["spec"]
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return spec["initContainers"] + spec["containers"]
+
+
+def test_the_base_holds_the_bridges_account_policy_and_the_daemonset_with_the_published_image():
+    objects = kustomize(DEPLOY)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted(
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+         "ValidatingAdmissionPolicyBinding", "DaemonSet"]
+    )  # fmt: skip
+    assert {c["image"] for c in containers(pod_spec(objects))} == {PUBLISHED}
+
+
+def test_an_overlay_of_one_line_points_every_container_at_another_image(tmp_path: Path):
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base = os.path.relpath(DEPLOY, overlay)  # kustomize takes a base by relative path only
+    images = "[{name: ghcr.io/deviceid-inject/deviceid-inject, newName: registry.example.com/dit, newTag: v9}]"
+    (overlay / "kustomization.yaml").write_text(f"resources: [{base}]\nimages: {images}\n")
+    objects = kustomize(overlay)
+    assert {c["image"] for c in containers(pod_spec(objects))} == {"registry.example.com/dit:v9"}
+
+
+def test_the_init_container_installs_with_the_binary_itself_into_the_nodes_cni_folder_and_cache():
+    spec = pod_spec(kustomize(DEPLOY))
+    (init,) = spec["initContainers"]
     mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
-    script = init["command"][-1]
-    assert f"{mounts['cni-bin']}/.deviceid-inject.new" in script
-    assert f"mv -f {mounts['cni-bin']}/.deviceid-inject.new {mounts['cni-bin']}/deviceid-inject" in script
-    assert {"operator": "Exists"} in pod["tolerations"]
+    assert init["command"] == [cli.IMAGE_BINARY, "install", mounts["cni-bin"]]
+    volumes = {v["name"]: v["hostPath"] for v in spec["volumes"]}
+    assert volumes["cni-bin"] == {"path": "/opt/cni/bin", "type": "DirectoryOrCreate"}
+    # The installing run unpacks into the node's cache, where the plugin's launcher looks by default.
+    default_cache = re.search(r'#define DEFAULT_CACHE "([^"]+)"', (REPO / "packaging/launcher.c").read_text())
+    assert default_cache is not None
+    assert mounts["launcher-cache"] == volumes["launcher-cache"]["path"] == default_cache.group(1)
 
 
-def test_image_ships_the_binary_where_the_daemonset_copies_it_from():
+def test_no_container_is_privileged_adds_a_capability_or_writes_its_root():
+    spec = pod_spec(kustomize(DEPLOY))
+    assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in containers(spec):
+        context = container["securityContext"]
+        assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                           "capabilities": {"drop": ["ALL"]}}  # fmt: skip
+
+
+def test_the_bridge_runs_for_its_node_reading_the_records_read_only():
+    spec = pod_spec(kustomize(DEPLOY))
+    assert spec["serviceAccountName"] == "deviceid-inject-bridge"
+    assert spec["automountServiceAccountToken"] is True  # the projected token names the node
+    (bridge,) = spec["containers"]
+    assert bridge["command"][:2] == [cli.IMAGE_BINARY, "bridge"]
+    env = {e["name"]: e for e in bridge["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    mounts = {m["name"]: m for m in bridge["volumeMounts"]}
+    assert set(mounts) == {"records"}
+    assert mounts["records"]["readOnly"] is True
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["records"]["hostPath"]["path"] == mounts["records"]["mountPath"] == "/var/lib/cni/deviceid-inject"
+    assert bridge["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert bridge["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_the_containerfile_builds_the_image_make_image_builds():
     containerfile = (DEPLOY / "Containerfile").read_text()
-    ds_script = load("daemonset.yaml")["spec"]["template"]["spec"]["initContainers"][0]["command"][-1]
-    assert "COPY dist/deviceid-inject /usr/local/bin/deviceid-inject" in containerfile
-    assert "cp /usr/local/bin/deviceid-inject " in ds_script
+    assert f"COPY dist/deviceid-inject /image{cli.IMAGE_BINARY}" in containerfile
+    assert "COPY packaging/image-libs.txt" in containerfile  # the same library list, checked by make image
+    assert f'ENTRYPOINT ["{cli.IMAGE_BINARY}"]' in containerfile
+
+
+def test_the_bridges_rbac_is_the_least_it_needs():
+    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "bridge-rbac.yaml").read_text())}
+    rules = {(tuple(r["resources"]), tuple(r["verbs"])) for r in docs["ClusterRole"]["rules"]}
+    assert rules == {(("pods",), ("get", "list", "watch")), (("pods/status",), ("patch",))}
+    (subject,) = docs["ClusterRoleBinding"]["subjects"]
+    assert (subject["name"], subject["namespace"]) == (docs["ServiceAccount"]["metadata"]["name"], "kube-system")
 
 
 def test_nad_puts_deviceid_inject_after_akshci_iov_at_0_3_0():
-    nad = load("nad-n6-dpdk.yaml")
+    nad = yaml.safe_load((DEPLOY / "nad-n6-dpdk.yaml").read_text())
     assert nad["kind"] == "NetworkAttachmentDefinition"
     conf = json.loads(nad["spec"]["config"])
     assert conf["cniVersion"] == "0.3.0"
@@ -57,32 +131,3 @@ def test_example_conflist_is_valid_and_ordered():
     assert [p["type"] for p in conflist["plugins"]] == ["sriov", "deviceid-inject"]
     entry, _ = cli.plugin_entry(conflist)
     assert cli.config.schema_errors(entry) == []
-
-
-def test_daemonset_runs_the_bridge_for_its_node_with_the_bridges_account():
-    ds = load("daemonset.yaml")
-    pod = ds["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == "deviceid-inject-bridge"
-    assert pod["automountServiceAccountToken"] is True  # the projected token names the node
-    (bridge,) = pod["containers"]
-    assert bridge["command"][:2] == ["/usr/local/bin/deviceid-inject", "bridge"]
-    env = {e["name"]: e for e in bridge["env"]}
-    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    mounts = {m["name"]: m for m in bridge["volumeMounts"]}
-    assert mounts["records"]["readOnly"] is True
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["records"]["hostPath"]["path"] == mounts["records"]["mountPath"] == "/var/lib/cni/deviceid-inject"
-    # The launcher refuses a world-writable cache root; an emptyDir is one, a folder in it is not.
-    cache = env["DEVICEID_INJECT_CACHE"]["value"]
-    assert cache.startswith(mounts["unpack"]["mountPath"] + "/")
-    assert bridge["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert bridge["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert "--listen=0.0.0.0:9909" in bridge["command"]
-
-
-def test_the_bridges_rbac_is_the_least_it_needs():
-    docs = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "bridge-rbac.yaml").read_text())}
-    rules = {(tuple(r["resources"]), tuple(r["verbs"])) for r in docs["ClusterRole"]["rules"]}
-    assert rules == {(("pods",), ("get", "list", "watch")), (("pods/status",), ("patch",))}
-    (subject,) = docs["ClusterRoleBinding"]["subjects"]
-    assert (subject["name"], subject["namespace"]) == (docs["ServiceAccount"]["metadata"]["name"], "kube-system")
