@@ -18,9 +18,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/versions.env"
 read -r -a CNI_PLUGINS <<<"$CNI_PLUGINS"
 # iptables and conntrack: kube-proxy on the test node; libseccomp-dev and pkg-config: runc's seccomp;
-# libc6-dev: gcc's static libc for the test node's pause program.
+# libc6-dev: gcc's static libc for the test node's pause program; busybox-static: the `cp` in
+# Multus v4.0.2's image; binutils: objdump and readelf for the image's runtime libraries.
 APT_PACKAGES=(iproute2 ethtool patchelf util-linux jq time gcc libc6-dev etcd-server openssl iptables conntrack
-    libseccomp-dev pkg-config)
+    libseccomp-dev pkg-config busybox-static binutils)
 
 CNITOOL_PKG="github.com/containernetworking/cni/cnitool"
 CNI_PLUGINS_MOD="github.com/containernetworking/plugins"
@@ -165,8 +166,16 @@ build_module_copy() {
 }
 
 for v in $MULTUS_V4_VERSIONS; do
-    build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v4 "$v" "$K8S_TOOLS/multus-$v" \
-        -- ./cmd/multus ./cmd/multus-daemon ./cmd/multus-shim ./cmd/install_multus
+    # Every command, as its hack/build-go.sh builds them for its image (passthru-cni is named passthru).
+    build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v4 "$v" "$K8S_TOOLS/multus-$v" -- ./cmd/...
+    [[ ! -x "$K8S_TOOLS/multus-$v/passthru-cni" ]] || mv "$K8S_TOOLS/multus-$v/passthru-cni" "$K8S_TOOLS/multus-$v/passthru"
+    # Its own thick-mode manifest, which the test node applies with only the image reference changed.
+    manifest="$K8S_TOOLS/multus-$v/multus-daemonset-thick.yml"
+    if [[ ! -f "$manifest" ]]; then
+        src="$(go mod download -json "gopkg.in/k8snetworkplumbingwg/multus-cni.v4@$v" | jq -r '.Dir // empty')"
+        cp "$src/deployments/multus-daemonset-thick.yml" "$manifest.tmp" && chmod 0644 "$manifest.tmp"
+        mv "$manifest.tmp" "$manifest"
+    fi
 done
 for v in $MULTUS_V3_VERSIONS; do
     build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v3 "$v" "$K8S_TOOLS/multus-$v" -- ./cmd

@@ -17,8 +17,10 @@ from typing import Any, Callable
 
 import pytest
 
-pytest.register_assert_rewrite("helpers", "kube", "multus")
+pytest.register_assert_rewrite("helpers", "kube", "multus", "node", "cluster", "harness")
 
+import tools  # noqa: E402
+from cluster import Cluster, build_multus_image, image_reference  # noqa: E402
 from helpers import (  # noqa: E402
     CNI_BIN,
     SYSFS,
@@ -32,6 +34,7 @@ from helpers import (  # noqa: E402
 )
 from kube import ApiServer, missing_tools  # noqa: E402
 from multus import Scene  # noqa: E402
+from node import Node  # noqa: E402
 
 sys.path.insert(0, str(TESTDATA))
 
@@ -230,3 +233,69 @@ def scene(kube: ApiServer, cni_path: str, make_netns, host_veth, tmp_path: Path)
     finally:
         made.close()
         made.api.delete(f"/api/v1/namespaces/{made.ns}")
+
+
+# --- the real node (tests/node.py, tests/cluster.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def image_archive() -> Path:
+    """The image deploy/ runs, built from the binary under test by `make image`."""
+    exe = os.environ.get("DEVICEID_INJECT_EXE")
+    if not exe:
+        pytest.skip("the node runs the image built from the binary (make test-binary builds both)")
+    archive = Path(os.environ.get("DEVICEID_INJECT_IMAGE") or Path(exe).parent / "deviceid-inject-image.tar")
+    if not archive.is_file():
+        pytest.fail(f"no image archive at {archive}: run make image")
+    return archive
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, image_archive: Path) -> Iterator[Cluster]:
+    """One node for the session: started, the images imported, deploy/ applied through an overlay.
+    Stopped at the end, also when a test failed, and checked to have left nothing behind."""
+    missing = tools.missing(*tools.NODE_TOOLS)
+    if missing:
+        pytest.fail(f"the test node's tools are not installed ({', '.join(missing)}): run make setup")
+    root = tmp_path_factory.mktemp("node")
+    node = Node(root)
+    try:
+        node.start()
+        made = Cluster(node, root / "user")
+        images = root / "images"
+        made.import_images([image_archive] + [build_multus_image(v, images / f"multus-{v}.tar") for v in NODE_MULTUS])
+        made.deploy_ours(image_reference(image_archive))
+        yield made
+    finally:
+        node.stop()
+    left = node.leftovers()
+    assert not left, f"the test node left behind: {left}"
+
+
+NODE_MULTUS = (tools.THICK_MULTUS, tools.FIELD_MULTUS)
+
+
+@pytest.fixture(scope="session", params=NODE_MULTUS, ids=[f"multus-{v}" for v in NODE_MULTUS])
+def multus_node(request: pytest.FixtureRequest, cluster: Cluster) -> Cluster:
+    """The node with Multus of each version in turn, in thick mode from its own manifest."""
+    cluster.use_multus(request.param)
+    return cluster
+
+
+@pytest.fixture
+def on_node(cluster: Cluster) -> Cluster:
+    """The node with whichever Multus is deployed (the newest if none is yet)."""
+    cluster.use_multus(cluster.multus or tools.THICK_MULTUS)
+    return cluster
+
+
+@pytest.fixture
+def node_ns(cluster: Cluster) -> Iterator[str]:
+    """A namespace of the test's own on the node; deleted afterwards (its Pods with it, so every
+    attachment is DELeted), and the veth pairs the test made are removed."""
+    name = cluster.namespace()
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", timeout=150)
+        cluster.remove_links()

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
 import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,3 +374,84 @@ def service_account_token(api: Api, namespace: str, account: str, bound_pod: dic
     body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
     answer = api.post(f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", body)
     return answer["status"]["token"]
+
+
+# --- watching ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """One watch event, and when (time.monotonic()) it arrived."""
+
+    at: float
+    type: str
+    object: dict[str, Any]
+
+
+class Watch:
+    """One raw HTTPS watch of a collection (e.g. a namespace's Pods), opened before anything it should
+    see happens; every event is kept with its arrival time, so a test can read the whole history
+    (Multus's write, then ours) rather than the last state."""
+
+    def __init__(self, api: Api, collection: str, field_selector: str = "") -> None:
+        self.api, self.collection, self.field_selector = api, collection, field_selector
+        self.seen: list[Seen] = []
+        self.error: str | None = None
+        self.changed = threading.Condition()
+        self._conn: http.client.HTTPSConnection | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def start(self) -> Watch:
+        version = self.api.get(self.collection)["metadata"]["resourceVersion"]
+        url = urllib.parse.urlsplit(self.api.url)
+        context = ssl.create_default_context(cafile=self.api.ca_file)
+        self._conn = http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=None)
+        query = {"watch": "1", "resourceVersion": version, "timeoutSeconds": "3600"}
+        if self.field_selector:
+            query["fieldSelector"] = self.field_selector
+        self._conn.request(
+            "GET",
+            f"{self.collection}?{urllib.parse.urlencode(query)}",
+            headers={"Authorization": f"Bearer {self.api.token}", "Accept": "application/json"},
+        )
+        response = self._conn.getresponse()
+        if response.status != 200:
+            raise ApiError(response.status, response.read()[:500].decode(errors="replace"))
+        self._thread = threading.Thread(target=self._read, args=(response,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self, response: http.client.HTTPResponse) -> None:
+        try:
+            for line in response:
+                event = json.loads(line)
+                with self.changed:
+                    self.seen.append(Seen(time.monotonic(), event.get("type", ""), event.get("object", {})))
+                    self.changed.notify_all()
+        except Exception as err:  # a closed socket at stop() is expected; anything else is reported
+            if not self._closing:
+                self.error = f"{type(err).__name__}: {err}"
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_for(self, match: Callable[[Seen], bool], timeout: float, why: str = "") -> Seen:
+        """The first event (from the start of the watch) that `match`es; AssertionError on timeout."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for seen in self.seen:
+                    if match(seen):
+                        return seen
+                left = deadline - time.monotonic()
+                assert left > 0 and self.error is None, f"watch: no event {why} in {timeout:g} s ({self.error})"
+                self.changed.wait(min(left, 1.0))
+
+    def stop(self) -> None:
+        self._closing = True
+        if self._conn is not None and self._conn.sock is not None:
+            with contextlib.suppress(OSError):
+                self._conn.sock.shutdown(socket.SHUT_RDWR)
+            self._conn.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

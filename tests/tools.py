@@ -43,6 +43,9 @@ KUBE_BIN = TOOLS / "k8s" / f"kubernetes-{KUBERNETES_VERSION}"
 CONTAINERD_BIN = TOOLS / "node" / f"containerd-{CONTAINERD_VERSION}"
 RUNC = TOOLS / "node" / f"runc-{RUNC_VERSION}" / "runc"
 ETCD = Path("/usr/bin/etcd")
+BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
+# What each Multus v4 folder holds besides the thin plugin: thick mode, and its own manifest for it.
+MULTUS_THICK_COMMANDS = ("multus-daemon", "multus-shim", "install_multus", "multus")
 
 
 def kube(command: str) -> Path:
@@ -53,6 +56,21 @@ def kube(command: str) -> Path:
 def multus(version: str, command: str = "multus") -> Path:
     """A Multus binary: the thin plugin, or (v4) multus-daemon, multus-shim, install_multus."""
     return TOOLS / "k8s" / f"multus-{version}" / command
+
+
+NODE_TOOLS = (
+    *(
+        kube(c)
+        for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl")
+    ),
+    CONTAINERD_BIN / "containerd",
+    CONTAINERD_BIN / "containerd-shim-runc-v2",
+    CONTAINERD_BIN / "ctr",
+    RUNC,
+    ETCD,
+    BUSYBOX,
+    *(multus(v, c) for v in (THICK_MULTUS, FIELD_MULTUS) for c in MULTUS_THICK_COMMANDS),
+)
 
 
 def missing(*paths: Path) -> list[str]:

@@ -1,0 +1,406 @@
+"""deviceid-inject on a real node: kubelet, containerd and runc, the image built from the binary under
+test, deploy/ applied with `kubectl apply -k` as a user applies it, Multus in thick mode from its own
+manifest (v4.3.0, the newest, and v4.0.2, the field's), and the field's NetworkAttachmentDefinition.
+
+Everything here goes through the kubelet: Pods are created with kubectl, their sandboxes made by
+containerd, their networks attached by Multus, and what the workload sees is read from its own
+container's output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bridge import VFS, device_info
+from cluster import NETWORK_STATUS, PLACEHOLDER, Cluster, entry, ready
+from harness import NotReady
+from helpers import files_under
+from kube import Watch
+from node import IMAGE_TOOL, Node
+
+pytestmark = [pytest.mark.node]
+
+BRIDGE_MANAGER = "deviceid-inject-bridge"  # the field manager of the bridge's patches
+
+
+def exe() -> Path:
+    return Path(os.environ["DEVICEID_INJECT_EXE"])
+
+
+def records_of(cluster: Cluster, uid: str) -> list[dict[str, Any]]:
+    """The plugin's records (on the node, under its default dataDir) of the Pod with `uid`."""
+    data_dir = cluster.node.host_path("/var/lib/cni/deviceid-inject")
+    found = []
+    for path in data_dir.glob("*/*.json"):
+        record = json.loads(path.read_text())
+        if record.get("pod_uid") == uid:
+            found.append(record)
+    return found
+
+
+def written_by_bridge(pod: dict[str, Any]) -> bool:
+    return any(f.get("manager") == BRIDGE_MANAGER for f in pod["metadata"].get("managedFields", []))
+
+
+def attach(cluster: Cluster, ns: str, name: str, vf: str, selection_route: bool = False) -> str:
+    """The field's NAD for `name` (its own veth, its own VF) and the network selection for its Pod:
+    the NAD's name (the bridge's route), or the JSON form with a deviceID placeholder."""
+    network = f"n6-{name}"
+    cluster.field_nad(ns, network, cluster.veth(), vf=vf, sriov_device_id=not selection_route)
+    if selection_route:
+        return json.dumps([{"name": network, "interface": "net1", "deviceID": PLACEHOLDER}])
+    return network
+
+
+def start_pod(cluster: Cluster, ns: str, name: str, vf: str, selection_route: bool = False) -> None:
+    cluster.apply(cluster.workload(ns, name, attach(cluster, ns, name, vf, selection_route)))
+
+
+# --- the DaemonSet ---------------------------------------------------------------------------------------
+
+
+def test_the_daemonset_installs_the_binary_atomically_and_passes_its_probes(on_node: Cluster):
+    pod = on_node.bridge_pod()
+    assert ready(pod), pod["status"]
+    (init,) = pod["status"]["initContainerStatuses"]
+    assert init["state"]["terminated"]["exitCode"] == 0
+    (bridge,) = pod["status"]["containerStatuses"]
+    assert (bridge["ready"], bridge["restartCount"]) == (True, 0)
+    installed = on_node.node.host_path("/opt/cni/bin/deviceid-inject")
+    assert installed.read_bytes() == exe().read_bytes()  # the image's binary is the binary under test
+    assert installed.stat().st_mode & 0o777 == 0o755
+    leftovers = [p.name for p in installed.parent.iterdir() if p.name.startswith(".deviceid-inject")]
+    assert leftovers == []  # the temporary file was renamed, never left
+    log = on_node.logs("kube-system", pod["metadata"]["name"], "install-cni-binary")
+    assert "installed /host/opt/cni/bin/deviceid-inject: deviceid-inject 0." in log
+    # The installing run unpacked the build into the node's launcher cache, where the plugin looks.
+    cache = on_node.node.host_path("/var/cache/deviceid-inject")
+    builds = [p.name for p in cache.iterdir() if not p.name.startswith(".")]
+    assert len(builds) == 1 and (cache / builds[0] / "deviceid-inject").is_file(), builds
+    # The kubelet's probes are what made it Ready; liveness answers on the Pod's address too.
+    ip = pod["status"]["podIP"]
+    probe = f'exec 3<>/dev/tcp/{ip}/9909 && printf "GET /healthz HTTP/1.0\\r\\n\\r\\n" >&3 && cat <&3'
+    out = on_node.node.run(["bash", "-c", probe])
+    assert out.stdout.startswith("HTTP/1.0 200"), out.stdout + out.stderr
+
+
+def test_the_daemonset_keeps_its_least_privilege_under_the_kubelet(on_node: Cluster):
+    """What the kubelet really ran: no privilege, no host namespaces, read-only roots, no capabilities."""
+    pod = on_node.bridge_pod()
+    spec = pod["spec"]
+    assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+    for container in spec["initContainers"] + spec["containers"]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert not context.get("privileged")
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The capabilities the bridge's process really has, as the kernel reports them.
+    (status,) = pod["status"]["containerStatuses"]
+    container_id = status["containerID"].rpartition("/")[2]
+    out = on_node.node.ctr("tasks", "ps", container_id)
+    pid = out.stdout.split()[2]  # PID INFO header, then the container's processes
+    caps = dict(
+        line.split(":\t") for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Cap")
+    )
+    assert int(caps["CapEff"], 16) == 0 and int(caps["CapPrm"], 16) == 0, caps
+    assert Path(f"/proc/{pid}/status").read_text().count("Seccomp:\t2") == 1  # filter mode
+
+
+# --- the user's journey, both routes, both Multus versions --------------------------------------------
+
+
+def test_the_users_journey_network_status_gets_our_device_info_and_the_pod_reads_it(multus_node: Cluster, node_ns: str):
+    cluster, ns = multus_node, node_ns
+    watch = Watch(cluster.node.api(), f"/api/v1/namespaces/{ns}/pods").start()
+    try:
+        start_pod(cluster, ns, "upf-0", VFS[3])
+        network = f"{ns}/n6-upf-0"
+        multus_wrote = watch.wait_for(lambda s: entry(s.object, network) is not None, 120, "with Multus's entry")
+        ours = watch.wait_for(lambda s: "device-info" in (entry(s.object, network) or {}), 60, "with device-info")
+        pod = cluster.wait_ready(ns, "upf-0")
+    finally:
+        watch.stop()
+    written = entry(multus_wrote.object, network)
+    assert written is not None and written["interface"] == "net1"
+    assert "device-info" not in written, "Multus v4 wrote device-info without a known deviceID"
+    completed = entry(ours.object, network)
+    assert completed is not None and completed["device-info"] == device_info(VFS[3])
+    assert {k: v for k, v in completed.items() if k != "device-info"} == written  # nothing else changed
+    assert written_by_bridge(ours.object)
+    # What the workload saw: its init container printed the device-info from the downward API.
+    printed = cluster.logs(ns, "upf-0", "wait-device-info").strip().splitlines()[-1]
+    assert json.loads(printed) == device_info(VFS[3])
+    (record,) = records_of(cluster, pod["metadata"]["uid"])
+    assert (record["pod_namespace"], record["pod_name"], record["pci_address"]) == (ns, "upf-0", VFS[3])
+
+
+def test_the_selection_route_has_device_info_in_multus_own_write(multus_node: Cluster, node_ns: str):
+    """A deviceID placeholder in the Pod's selection: Multus asks the chain for the file and copies ours
+    into network-status before its ADD returns: its very first write carries device-info, and the
+    bridge has nothing to do."""
+    cluster, ns = multus_node, node_ns
+    watch = Watch(cluster.node.api(), f"/api/v1/namespaces/{ns}/pods").start()
+    try:
+        start_pod(cluster, ns, "upf-sel", VFS[4], selection_route=True)
+        network = f"{ns}/n6-upf-sel"
+        first = watch.wait_for(lambda s: entry(s.object, network) is not None, 120, "with Multus's entry")
+        pod = cluster.wait_ready(ns, "upf-sel")
+    finally:
+        watch.stop()
+    written = entry(first.object, network)
+    assert written is not None and written["device-info"] == device_info(VFS[4])  # the VF, not the placeholder
+    assert not written_by_bridge(pod)
+    printed = cluster.logs(ns, "upf-sel", "wait-device-info").strip().splitlines()[-1]
+    assert json.loads(printed) == device_info(VFS[4])
+
+
+# --- deletion, re-created sandboxes, restarts ----------------------------------------------------------
+
+
+def test_deleting_pods_removes_every_device_info_file_and_record(on_node: Cluster, node_ns: str):
+    cluster, ns = on_node, node_ns
+    start_pod(cluster, ns, "upf-del-a", VFS[5])
+    start_pod(cluster, ns, "upf-del-b", VFS[6], selection_route=True)
+    uids = [cluster.wait_ready(ns, name)["metadata"]["uid"] for name in ("upf-del-a", "upf-del-b")]
+    records = [r for uid in uids for r in records_of(cluster, uid)]
+    assert len(records) == 2
+    files = [cluster.node.host_path(r["device_info_file"]) for r in records]
+    assert all(f.is_file() for f in files), files
+    cluster.ok("-n", ns, "delete", "pod", "upf-del-a", "upf-del-b", "--wait=true", "--timeout=120s", timeout=150)
+    assert [r for uid in uids for r in records_of(cluster, uid)] == []
+    assert [f for f in files if f.exists()] == []
+    devinfo = cluster.node.host_path("/run/k8s.cni.cncf.io/devinfo")
+    assert [f for f in files_under(devinfo) if any(r["container_id"] in f for r in records)] == []
+
+
+def sandbox_pids(cluster: Cluster, sandbox: str) -> list[int]:
+    """The processes of a Pod sandbox (its pause program), from the node's cgroups."""
+    top = Path("/sys/fs/cgroup/pids") / cluster.node.cgroups.name
+    return [int(p) for procs in top.rglob(f"{sandbox}/cgroup.procs") for p in procs.read_text().split()]
+
+
+def test_a_sandbox_recreated_across_a_containerd_restart_gets_the_new_attachments_device_info(
+    on_node: Cluster, node_ns: str
+):
+    cluster, ns = on_node, node_ns
+    start_pod(cluster, ns, "upf-again", VFS[7])
+    uid = cluster.wait_ready(ns, "upf-again")["metadata"]["uid"]
+    (first,) = records_of(cluster, uid)
+    # The next attachment of this network gets another VF, so the two attachments' device-info differ.
+    cluster.field_nad(ns, "n6-upf-again", first_device(cluster, ns, "n6-upf-again"), vf=VFS[8])
+    containerd = cluster.node.services["containerd"]
+    containerd.stop()
+    for pid in sandbox_pids(cluster, first["container_id"]):  # the sandbox dies while containerd is down
+        os.kill(pid, 9)
+    containerd.start()
+    containerd.wait_until(lambda: cluster.node.ctr("version").code == 0, 60, "serving")
+    network = f"{ns}/n6-upf-again"
+
+    def with_new_device_info() -> dict[str, Any] | None:
+        pod = cluster.pod(ns, "upf-again")
+        return pod if (entry(pod, network) or {}).get("device-info") == device_info(VFS[8]) else None
+
+    pod = cluster.node.wait(with_new_device_info, 180, "the new attachment's device-info in network-status")
+    (second,) = cluster.node.wait(
+        lambda: [r for r in records_of(cluster, uid) if r["container_id"] != first["container_id"]] or None, 60
+    )
+    assert second["pci_address"] == VFS[8]
+    assert cluster.node.wait(lambda: len(records_of(cluster, uid)) == 1, 60, "the old attachment's record removed")
+    assert not cluster.node.host_path(first["device_info_file"]).exists()
+    assert pod["metadata"]["uid"] == uid  # the same Pod, a new sandbox
+
+
+def first_device(cluster: Cluster, ns: str, network: str) -> str:
+    """The host-device `device` a NAD names (the node-side end of its veth)."""
+    body = cluster.node.api().get(f"/apis/k8s.cni.cncf.io/v1/namespaces/{ns}/network-attachment-definitions/{network}")
+    return json.loads(body["spec"]["config"])["plugins"][0]["device"]
+
+
+def test_the_bridge_survives_kubelet_and_containerd_restarts(on_node: Cluster, node_ns: str):
+    cluster, ns = on_node, node_ns
+    before = cluster.bridge_pod()["status"]["containerStatuses"][0]
+    cluster.node.restart("kubelet")
+    cluster.node.restart("containerd")
+    cluster.node.services["containerd"].wait_until(lambda: cluster.node.ctr("version").code == 0, 60, "serving")
+    start_pod(cluster, ns, "upf-after", VFS[9])
+    pod = cluster.wait_ready(ns, "upf-after", timeout=180)
+    assert (entry(pod, f"{ns}/n6-upf-after") or {}).get("device-info") == device_info(VFS[9])
+    assert written_by_bridge(pod)
+    after = cluster.bridge_pod()["status"]["containerStatuses"][0]
+    assert (after["containerID"], after["restartCount"]) == (before["containerID"], before["restartCount"])
+
+
+# --- a rollout while Pods are being created --------------------------------------------------------------
+
+TRAILER = 80  # packaging/pack.py: magic, records offset and length, then the 56-byte build id
+
+
+def another_build(binary: Path, out: Path) -> str:
+    """The same program with another build id in the launcher's trailer: to the node, a new build (it
+    unpacks beside the old one and removes it), as every upgrade is."""
+    data = bytearray(binary.read_bytes())
+    (magic,) = struct.unpack_from("<8s", data, len(data) - TRAILER)
+    assert magic == b"DIDINJ\0\1", "not a one-file binary of packaging/pack.py"
+    build_id = bytes(data[len(data) - 56 :]).rstrip(b"\0").decode()
+    new_id = ("f" if build_id[0] != "f" else "e") + build_id[1:]
+    data[len(data) - 56 :] = new_id.encode().ljust(56, b"\0")
+    out.write_bytes(bytes(data))
+    out.chmod(0o755)
+    return new_id
+
+
+def test_a_rollout_to_a_new_image_while_pods_are_created_fails_no_add(on_node: Cluster, node_ns: str, tmp_path: Path):
+    cluster, ns = on_node, node_ns
+    old_image = cluster.image
+    new_binary = tmp_path / "deviceid-inject"
+    new_id = another_build(exe(), new_binary)
+    archive = tmp_path / "image.tar"
+    new_image = f"{old_image.rpartition(':')[0]}:rollout-{new_id[:12]}"
+    build_image_of(new_binary, new_image, archive)
+    cluster.import_images([archive])
+    names = [f"upf-roll-{i}" for i in range(10)]
+    rolled = threading.Event()
+
+    def roll() -> None:
+        cluster.deploy_ours(new_image)
+        rolled.set()
+
+    try:
+        with ThreadPoolExecutor(5) as pool:
+            for i, name in enumerate(names):
+                if i == 2:
+                    pool.submit(roll)  # the DaemonSet rolls while the other Pods are being created
+                pool.submit(start_pod, cluster, ns, name, VFS[10 + i % 6])
+        for name in names:
+            pod = cluster.wait_ready(ns, name, timeout=240)
+            assert (entry(pod, f"{ns}/n6-{name}") or {}).get("device-info"), pod["metadata"]["annotations"]
+        assert rolled.wait(240)
+        failed = [e for e in cluster.events(ns) if e["reason"] in ("FailedCreatePodSandBox", "FailedKillPod")]
+        assert failed == [], [e["message"] for e in failed]
+        assert cluster.node.host_path("/opt/cni/bin/deviceid-inject").read_bytes() == new_binary.read_bytes()
+        cache = cluster.node.host_path("/var/cache/deviceid-inject")
+        assert new_id in [p.name for p in cache.iterdir()]
+    finally:
+        cluster.deploy_ours(old_image)
+
+
+def build_image_of(binary: Path, reference: str, archive: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(IMAGE_TOOL),
+            "deviceid-inject",
+            "--binary",
+            str(binary),
+            "--tag",
+            reference,
+            "--out",
+            str(archive),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- what it costs and what a workload should expect ---------------------------------------------------------
+
+
+def test_the_bridges_memory_as_the_kubelet_counts_it(on_node: Cluster):
+    """The bridge container's memory cgroup, which the kubelet made under its cgroup root: its limit
+    is the DaemonSet's, and what it counts (usage, the working set the kubelet evicts by, the peak)
+    stays under it. Printed for the README."""
+    pod = on_node.bridge_pod()
+    (status,) = pod["status"]["containerStatuses"]
+    container_id = status["containerID"].rpartition("/")[2]
+    top = Path("/sys/fs/cgroup/memory") / on_node.node.cgroups.name
+    (folder,) = [p.parent for p in top.rglob(f"pod{pod['metadata']['uid']}/{container_id}/memory.usage_in_bytes")]
+    limit = int((folder / "memory.limit_in_bytes").read_text())
+    usage = int((folder / "memory.usage_in_bytes").read_text())
+    peak = int((folder / "memory.max_usage_in_bytes").read_text())
+    stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+    working_set = usage - int(stat["total_inactive_file"])  # as the kubelet (cadvisor) computes it
+    mib = 2**20
+    counted = {"usage": usage, "working set": working_set, "RSS": int(stat["total_rss"]), "peak": peak, "limit": limit}
+    print("\nthe bridge's memory cgroup: " + ", ".join(f"{k} {v / mib:.1f} MiB" for k, v in counted.items()))
+    assert limit == 128 * mib  # deploy/daemonset.yaml's limit, set by the kubelet
+    assert 0 < working_set <= peak < limit
+
+
+def test_wait_device_info_waits_out_a_bridge_that_starts_late(on_node: Cluster, node_ns: str):
+    """With the bridge off the node, the workload's init container waits; the bridge comes back and
+    patches; the kubelet refreshes the Pod's downward API file and the init container ends. The delay
+    between our patch and the init container's end is the kubelet's refresh, printed for the README."""
+    cluster, ns = on_node, node_ns
+    paused = {"spec": {"template": {"spec": {"nodeSelector": {"deviceid-inject-test/bridge": "paused"}}}}}
+    cluster.ok("-n", "kube-system", "patch", "daemonset", "deviceid-inject", "--type=merge", "-p", json.dumps(paused))
+    try:
+        cluster.node.wait(lambda: not cluster._pods("kube-system", "app.kubernetes.io/name=deviceid-inject"), 120)
+        watch = Watch(cluster.node.api(), f"/api/v1/namespaces/{ns}/pods").start()
+        try:
+            start_pod(cluster, ns, "upf-late", VFS[11])
+            network = f"{ns}/n6-upf-late"
+            watch.wait_for(lambda s: entry(s.object, network) is not None, 120, "with Multus's entry")
+            waiting = cluster.node.wait(lambda: init_state(cluster.pod(ns, "upf-late")) == "running", 60)
+            assert waiting and not ready(cluster.pod(ns, "upf-late"))
+        finally:
+            resumed = {"spec": {"template": {"spec": {"nodeSelector": {"deviceid-inject-test/bridge": None}}}}}
+            cluster.ok(
+                "-n", "kube-system", "patch", "daemonset", "deviceid-inject", "--type=merge", "-p", json.dumps(resumed)
+            )
+        try:
+            patched = watch.wait_for(
+                lambda s: "device-info" in (entry(s.object, network) or {}), 180, "with device-info"
+            )
+            ended = watch.wait_for(lambda s: init_state(s.object) == "terminated", 180, "with the init container ended")
+        finally:
+            watch.stop()
+        cluster.rollout("deviceid-inject")
+        delay = ended.at - patched.at
+        print(f"\nour patch -> the init container saw device-info and ended: {delay:.2f} s (the kubelet's refresh)")
+        assert delay >= 0
+        assert json.loads(cluster.logs(ns, "upf-late", "wait-device-info").strip().splitlines()[-1]) == device_info(
+            VFS[11]
+        )
+        cluster.wait_ready(ns, "upf-late")
+    finally:
+        cluster.rollout("deviceid-inject")
+
+
+def init_state(pod: dict[str, Any]) -> str | None:
+    statuses = pod.get("status", {}).get("initContainerStatuses") or []
+    return next(iter(statuses[0]["state"]), None) if statuses else None
+
+
+# --- the node itself ---------------------------------------------------------------------------------------
+
+
+def test_a_node_that_fails_to_start_leaves_nothing_behind(tmp_path: Path):
+    """A kubelet that cannot start: Node.start fails after the control plane, containerd and the pause
+    image are up, and its clean-up leaves no process, mount, cgroup or namespace."""
+    node = Node(tmp_path / "node", kubelet_flags=["--no-such-flag"])
+    with pytest.raises(NotReady, match="kubelet exited"):
+        node.start()
+    assert node.leftovers() == []
+    assert not any(d.exists() for d in node.cgroups.dirs())
+
+
+def test_network_status_is_the_annotation_multus_writes(on_node: Cluster, node_ns: str):
+    """The README's point about Multus v4: only the singular key, and no device-info from a result."""
+    cluster, ns = on_node, node_ns
+    start_pod(cluster, ns, "upf-keys", VFS[12])
+    pod = cluster.wait_ready(ns, "upf-keys")
+    annotations = pod["metadata"]["annotations"]
+    assert NETWORK_STATUS in annotations
+    assert "k8s.v1.cni.cncf.io/networks-status" not in annotations
