@@ -68,12 +68,13 @@ def run(
     try:
         stdout, stderr = proc.communicate(stdin, timeout=timeout)
     except BaseException:
-        _kill_group(proc)
+        kill_group(proc)
         raise
     return Outcome(proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group `proc` leads (started with start_new_session) and reap it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.kill()

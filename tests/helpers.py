@@ -13,11 +13,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import signal
 import string
 import subprocess
 import sys
@@ -26,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 import pytest
-
+from harness import Outcome, base_env
 from tools import CNI_BIN, CNITOOL
 
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
@@ -88,7 +87,7 @@ def cni_env(
     """The environment a runtime gives the plugin for one call: PATH, the CNI_* variables and what
     PASSED_THROUGH names. `overrides` (e.g. CNI_ARGS) win; a None value drops that variable."""
     environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": base_env()["PATH"],
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": container_id,
         "CNI_NETNS": netns,
@@ -105,17 +104,6 @@ def plugin_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "deviceid_inject"]
 
 
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
 def run_plugin(
     command: str,
     config: dict[str, Any] | bytes | None,
@@ -124,12 +112,11 @@ def run_plugin(
     ifname: str = "net1",
     netns: str = "/proc/self/ns/net",
     env: dict[str, str] | None = None,
-) -> Run:
+) -> Outcome:
     """Run the plugin once, like a runtime: CNI_* in the environment, the config on stdin."""
     environ = cni_env(command, container_id=container_id, netns=netns, ifname=ifname, **(env or {}))
     stdin = config if isinstance(config, bytes) else json.dumps(config or {}).encode()
-    proc = subprocess.run(plugin_command(), input=stdin, env=environ, capture_output=True, timeout=60)
-    run = Run(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    run = harness.run(plugin_command(), environ, timeout=60, stdin=stdin)
     # Whatever happened, the protocol channel holds one JSON object or nothing, and no traceback leaks.
     assert "Traceback" not in run.stdout + run.stderr, run.stderr
     if run.stdout.strip():
@@ -216,46 +203,6 @@ def fallback_name(network: str, container_id: str, ifname: str = "net1") -> str:
     return f"{network.replace('/', '-')}-{container_id}_{ifname}"
 
 
-@dataclass
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> Any:
-        return strict_json(self.stdout)
-
-
-def run_in_group(
-    argv: list[str], env: Mapping[str, str], timeout: float, stdin: bytes = b""
-) -> tuple[int, bytes, bytes]:
-    """Run `argv` in a process group of its own; on a timeout the whole group (the plugins a runtime
-    started too) is killed before the error is raised."""
-    proc = subprocess.Popen(
-        argv,
-        env=dict(env),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(stdin, timeout=timeout)
-    except BaseException:
-        kill_group(proc)
-        raise
-    return proc.returncode, stdout, stderr
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group `proc` leads (it was started with start_new_session) and reap it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.kill()
-    proc.communicate()
-
-
 # cnitool has no flag or variable for its cache folder (libcni's /var/lib/cni): bind a scratch
 # folder over it in a private mount namespace that dies with the command.
 _ISOLATE = 'mount --bind "$1" /var/lib/cni && shift && exec "$@"'
@@ -279,7 +226,7 @@ class Cnitool:
         timeout: float = 120,
     ) -> Outcome:
         env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "PATH": base_env()["PATH"],
             "CNI_PATH": self.cni_path,
             "NETCONFPATH": str(self.netconf_dir),
             "CNI_IFNAME": ifname,
@@ -294,8 +241,7 @@ class Cnitool:
             "sh", "-c", _ISOLATE, "sh", str(self.cache_dir),
             str(CNITOOL), command, network, netns_path,
         ]  # fmt: skip
-        code, stdout, stderr = run_in_group(argv, env, timeout)
-        out = Outcome(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+        out = harness.run(argv, env, timeout)
         assert "Traceback" not in out.stdout + out.stderr, out.stderr
         return out
 

@@ -16,7 +16,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import tools
+from harness import Service
 from helpers import TESTDATA
 
 APISERVER = tools.kube("kube-apiserver")
@@ -132,15 +132,14 @@ class Api:
 
 
 class ApiServer:
-    """etcd and kube-apiserver in `workdir`, listening on 127.0.0.1 only."""
+    """etcd and kube-apiserver in `workdir`, listening on 127.0.0.1 only (tests/harness.py runs them)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.etcd: subprocess.Popen | None = None
-        self.apiserver: subprocess.Popen | None = None
+        self.etcd: Service | None = None
+        self.apiserver: Service | None = None
         self.port = 0
         self.etcd_port = 0
-        self.logs: list[Any] = []
 
     @property
     def url(self) -> str:
@@ -171,52 +170,45 @@ class ApiServer:
                 capture_output=True,
             )
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.logs.append(log)
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
     def _start_etcd(self) -> None:
         self.etcd_port, peer = free_port(), free_port()
         client = f"http://127.0.0.1:{self.etcd_port}"
-        self.etcd = self._spawn(
-            "etcd",
-            [
-                str(ETCD),
-                "--data-dir", str(self.workdir / "etcd"),
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-cluster", f"default=http://127.0.0.1:{peer}",
-                "--log-level", "warn",
-            ],
-        )  # fmt: skip
-        self._wait(lambda: _http_ok(f"{client}/health"), "etcd", self.etcd)
+        argv = [
+            str(ETCD),
+            "--data-dir", str(self.workdir / "etcd"),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"default=http://127.0.0.1:{peer}",
+            "--log-level", "warn",
+        ]  # fmt: skip
+        self.etcd = Service("etcd", argv, self.workdir / "etcd.log").start()
+        self.etcd.wait_until(lambda: _http_ok(f"{client}/health"), 60, "healthy", interval=0.2)
 
     def start_apiserver(self) -> None:
         """Start (or start again, on the same port and etcd) the API server and wait until ready."""
         self.port = self.port or free_port()
-        self.apiserver = self._spawn(
-            "kube-apiserver",
-            [
-                str(APISERVER),
-                "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
-                "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-                "--secure-port", str(self.port),
-                "--cert-dir", str(self.workdir / "certs"),
-                "--token-auth-file", str(self.workdir / "tokens.csv"),
-                "--authorization-mode", "RBAC",
-                "--service-account-issuer", "https://kubernetes.default.svc",
-                "--service-account-key-file", str(self.workdir / "sa.pub"),
-                "--service-account-signing-key-file", str(self.workdir / "sa.key"),
-                "--service-cluster-ip-range", "10.96.0.0/16",
-                # No controller-manager makes service-account token secrets; tokens come from TokenRequest.
-                "--disable-admission-plugins", "ServiceAccount",
-                "--enable-priority-and-fairness=false",
-                "--profiling=false",
-            ],
-        )  # fmt: skip
-        self._wait(self._ready, "kube-apiserver", self.apiserver, timeout=120)
+        argv = [
+            str(APISERVER),
+            "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
+            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            # 1.37 refuses a loopback address for the kubernetes Service's endpoints; no Pod here needs them.
+            "--endpoint-reconciler-type", "none",
+            "--secure-port", str(self.port),
+            "--cert-dir", str(self.workdir / "certs"),
+            "--token-auth-file", str(self.workdir / "tokens.csv"),
+            "--authorization-mode", "RBAC",
+            "--service-account-issuer", "https://kubernetes.default.svc",
+            "--service-account-key-file", str(self.workdir / "sa.pub"),
+            "--service-account-signing-key-file", str(self.workdir / "sa.key"),
+            "--service-cluster-ip-range", "10.96.0.0/16",
+            # No controller-manager makes service-account token secrets; tokens come from TokenRequest.
+            "--disable-admission-plugins", "ServiceAccount",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false",
+        ]  # fmt: skip
+        self.apiserver = Service("kube-apiserver", argv, self.workdir / "kube-apiserver.log").start()
+        self.apiserver.wait_until(self._ready, 120, "ready", interval=0.2)
 
     def _ready(self) -> bool:
         if not os.path.exists(self.ca_file):
@@ -226,27 +218,16 @@ class ApiServer:
         except (ApiError, OSError, ValueError):
             return False
 
-    def _wait(self, ready: Any, name: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}: see {self.workdir}/{name}.log")
-            if ready():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"{name} not ready after {timeout} s: see {self.workdir}/{name}.log")
-
     def stop_apiserver(self) -> None:
-        _stop(self.apiserver)
+        if self.apiserver is not None:
+            self.apiserver.stop()
         self.apiserver = None
 
     def stop(self) -> None:
         self.stop_apiserver()
-        _stop(self.etcd)
+        if self.etcd is not None:
+            self.etcd.stop()
         self.etcd = None
-        for log in self.logs:
-            log.close()
-        self.logs.clear()
 
     # --- what the tests set up through the API -------------------------------------------------------
 
@@ -264,19 +245,6 @@ class ApiServer:
                     return
             time.sleep(0.2)
         raise RuntimeError("the NetworkAttachmentDefinition CRD did not become established")
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _http_ok(url: str) -> bool:

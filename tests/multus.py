@@ -9,20 +9,16 @@ So Multus's fixed paths are real paths, and the host's own folders never see a w
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import SYSFS_IAVF, Outcome, passed_through, read_json, run_in_group
+from harness import Outcome, Service, base_env, run
+from helpers import SYSFS_IAVF, passed_through, read_json
 from kube import Api, nad, namespace, network_status, pod
 from tools import FIELD_MULTUS, MULTUS_V3_VERSIONS, MULTUS_V4_VERSIONS
 from tools import multus as multus_tool
@@ -143,7 +139,7 @@ def run_multus(
 ) -> Outcome:
     """One CNI call of Multus `version`, as containerd makes it for the pod's sandbox."""
     env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "PATH": base_env()["PATH"],
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": container_id,
         "CNI_NETNS": netns,
@@ -158,8 +154,7 @@ def run_multus(
         str(multus_binary(version)),
     ]  # fmt: skip
     stdin = json.dumps(multus_config(kubeconfig, node)).encode()
-    code, stdout, stderr = run_in_group(argv, env, timeout, stdin)
-    return Outcome(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+    return run(argv, env, timeout, stdin)
 
 
 # --- thick mode: multus-daemon runs the delegates, multus-shim is what containerd calls ---------------
@@ -194,7 +189,7 @@ class ThickMultus:
         self.net_d = node.root / "etc-cni-net.d"
         self.daemon_config = node.root / "daemon-config.json"
         self.daemon_output = node.root / "multus-daemon.out"
-        self.proc: subprocess.Popen | None = None
+        self.service: Service | None = None
 
     @property
     def socket(self) -> Path:
@@ -222,27 +217,20 @@ class ThickMultus:
         }  # no chrootDir: the daemon runs on the node's root; no metricsPort: it would listen on every address
         self.daemon_config.write_text(json.dumps(config))
 
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "CNI_PATH": self.cni_path,  # libcni looks for the delegates there (pkg/multus/multus.go confAdd)
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": self.api.url.rpartition(":")[2],
+        env = base_env(
+            CNI_PATH=self.cni_path,  # libcni looks for the delegates there (pkg/multus/multus.go confAdd)
+            KUBERNETES_SERVICE_HOST="127.0.0.1",
+            KUBERNETES_SERVICE_PORT=self.api.url.rpartition(":")[2],
             **passed_through(),
-        }
+        )
         argv = [
             "unshare", "--mount", "--propagation", "slave",
             "sh", "-c", isolation(THICK_BINDS), "sh", str(self.node.root),
             str(multus_tool(FIELD_MULTUS, "multus-daemon")), "-config", str(self.daemon_config),
         ]  # fmt: skip
-        with open(self.daemon_output, "wb") as out:
-            self.proc = subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        while not (self._healthy() and (self.net_d / "00-multus.conf").exists()):
-            assert self.proc.poll() is None, f"multus-daemon exited with {self.proc.returncode}\n{self.logs()}"
-            assert time.monotonic() < deadline, f"multus-daemon not ready after {timeout} s\n{self.logs()}"
-            time.sleep(0.1)
+        self.service = Service("multus-daemon", argv, self.daemon_output, env).start()
+        ready = self.service.wait_until(lambda: self._healthy() and (self.net_d / "00-multus.conf").exists(), timeout)
+        assert ready, self.logs()
 
     def _healthy(self) -> bool:
         """GET /healthz on the daemon's socket, as a readiness probe would."""
@@ -257,16 +245,8 @@ class ThickMultus:
 
     def stop(self) -> None:
         """SIGTERM to the daemon's process group (it and any plugin it runs), SIGKILL if it lingers."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.service is not None:
+            self.service.stop(timeout=10)
 
     def logs(self) -> str:
         parts = [p.read_text(errors="replace") for p in (self.daemon_output, self.node.multus_log) if p.exists()]
@@ -280,7 +260,7 @@ class ThickMultus:
     def shim(self, command: str, box: Sandbox, timeout: float = 120) -> Outcome:
         """One CNI call of multus-shim for the sandbox, from the host's namespaces as containerd makes it."""
         env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "PATH": base_env()["PATH"],
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": box.container_id,
             "CNI_NETNS": box.netns,
@@ -289,8 +269,7 @@ class ThickMultus:
             "CNI_ARGS": cni_args(box.pod, box.container_id),
         }
         stdin = json.dumps(self.shim_config()).encode()
-        code, stdout, stderr = run_in_group([str(multus_tool(FIELD_MULTUS, "multus-shim"))], env, timeout, stdin)
-        return Outcome(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"))
+        return run([str(multus_tool(FIELD_MULTUS, "multus-shim"))], env, timeout, stdin)
 
 
 # --- a namespace on the test bed, with the field's NAD and Pods whose sandboxes Multus attaches --------

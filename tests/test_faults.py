@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from harness import kill_group
 from helpers import (
     NET1_DEVICE_INFO,
     NET1_PCI,
@@ -30,7 +31,6 @@ from helpers import (
     cni_env,
     fallback_name,
     files_under,
-    kill_group,
     needs_root,
     plugin_command,
     read_json,

@@ -124,7 +124,9 @@ def test_a_launcher_without_payload_says_so(launcher, cache):
 
 
 def pack(launcher: str, folder, build_id: str, out) -> str:
-    subprocess.run([sys.executable, str(REPO / "packaging/pack.py"), launcher, str(folder), build_id, str(out)], check=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "packaging/pack.py"), launcher, str(folder), build_id, str(out)], check=True
+    )
     return str(out)
 
 
@@ -145,9 +147,7 @@ def test_runs_remove_other_builds_unused_for_ten_minutes_and_nothing_else(binary
     assert (cache / BUILD_ID).stat().st_mtime > time.time() - 60
 
 
-def test_a_new_builds_first_run_leaves_the_old_builds_running_programs_their_files(
-    launcher, binary, cache, tmp_path
-):
+def test_a_new_builds_first_run_leaves_the_old_builds_running_programs_their_files(launcher, binary, cache, tmp_path):
     """An upgrade: the old build runs (it loads its files late), and the new build's first run unpacks
     meanwhile. The old run must still find its files (before: removed at once, the run failed)."""
     assert run(binary, cache).returncode == 0  # the old build, unpacked long before the upgrade
@@ -163,6 +163,7 @@ def test_a_new_builds_first_run_leaves_the_old_builds_running_programs_their_fil
     assert old_run.returncode == 0
     assert out.splitlines()[-1] == "data:schema-ok"
     assert sorted(os.listdir(cache)) == sorted([BUILD_ID, "feedfacefeedface"])
+
 
 NOBODY = 65534
 
