@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 from helpers import NET1_DEVICE_INFO, NET1_PCI, attachment_state, fallback_name, files_under, read_json
 from multus import NETWORK, THICK, Scene, host_device, macvlan
+from tools import MULTUS_V4_VERSIONS
 
 pytestmark = [pytest.mark.netns, pytest.mark.multus]
 
@@ -27,7 +28,10 @@ def selection(**extra: str) -> list[dict[str, str]]:
 # --- Multus v4.0.2 and v3.7.2: the gate ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", ["v4.0.2", "v3.7.2", THICK])
+GATED = (*MULTUS_V4_VERSIONS, "v3.7.2")  # every version with the deviceID gate: each is a row of the README matrix
+
+
+@pytest.mark.parametrize("version", [*GATED, THICK])
 def test_without_a_device_plugin_network_status_has_no_device_info(scene: Scene, version: str):
     box = scene.sandbox("upf-0")
     scene.create_nad(host_device(box.peer))
@@ -77,7 +81,7 @@ def test_v3_7_1_hands_every_delegate_a_path_and_network_status_has_our_device_in
     assert attachment_state(scene.data_dir) == []
 
 
-@pytest.mark.parametrize("version", ["v4.0.2", THICK])
+@pytest.mark.parametrize("version", [*MULTUS_V4_VERSIONS, THICK])
 def test_v4_selection_route_a_placeholder_device_id_brings_our_device_info(scene: Scene, version: str):
     """No agent, no device plugin: the Pod's selection names a deviceID that is no device at all."""
     box = scene.sandbox("upf-0", selection(deviceID=PLACEHOLDER))
