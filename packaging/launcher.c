@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
@@ -40,6 +41,8 @@
 #define DEFAULT_CACHE "/var/cache/deviceid-inject"
 /* Longer than any run of the plugin (the kubelet gives a CNI call 4 minutes at most). */
 #define UNUSED_SECONDS (10 * 60)
+/* How long a CNI call waits for the one before it: the plugin's own state lock gives up after 10 s. */
+#define LOCK_WAIT_MS 10000
 
 struct trailer {
     char magic[8];
@@ -247,6 +250,33 @@ static void remove_unused_builds(const char *root, const char *ours)
     closedir(folder);
 }
 
+/* A CNI call of the plugin holds a Python runtime of about 15 MiB, charged to the memory cgroup of
+ * whoever runs it: under Multus's thick mode that is the daemon's container, whose own manifest
+ * limits it to 50Mi. Pods starting together would get it OOM-killed mid-ADD. So CNI calls run one
+ * at a time per node: a waiting call holds only this launcher (about 1 MiB), and the plugin serialises
+ * its work on its state lock anyway. The lock (fd kept across exec) is released when the program
+ * exits. VERSION, and every run without CNI_COMMAND (the bridge, the command line), do not queue. A
+ * call that cannot get it within LOCK_WAIT_MS runs anyway: waiting must never become failing. */
+static void one_cni_call_at_a_time(const char *root)
+{
+    const char *command = getenv("CNI_COMMAND");
+    char path[4096];
+    struct timespec pause = {0, 5 * 1000 * 1000};
+    if (command == NULL || strcmp(command, "VERSION") == 0)
+        return;
+    snprintf(path, sizeof path, "%s/.cni-call.lock", root);
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return; /* a read-only cache: nothing to queue on */
+    for (int waited = 0; flock(fd, LOCK_EX | LOCK_NB) < 0; waited += 5) {
+        if (errno != EWOULDBLOCK || waited >= LOCK_WAIT_MS) {
+            close(fd);
+            return;
+        }
+        nanosleep(&pause, NULL);
+    }
+}
+
 /* Unpack into a private temporary folder, then rename it into place. */
 static void install(int fd, const struct trailer *t, const char *root, const char *dir)
 {
@@ -298,6 +328,7 @@ int main(int argc, char **argv)
      * read-only cache (an image's) this fails, and nothing there is ever removed either. */
     utimensat(AT_FDCWD, dir, NULL, 0);
     remove_unused_builds(root, t.build_id);
+    one_cni_call_at_a_time(root);
     execv(exe, argv);
     if (errno == ENOENT) {
         /* Another build's first run removed our folder after we checked it: once more. */

@@ -25,10 +25,12 @@ BUILD_ID = "0123456789abcdef0123"
 PROGRAM = """#!/bin/sh
 # stands in for the Nuitka program: proves args, stdin, exit code and its own data files arrive;
 # SLEEP_FIRST makes it load its data late, as a program importing modules from its folder does
+[ -z "$TRACE" ] || echo "$$ start $(date +%s%N)" >>"$TRACE"
 sleep "${SLEEP_FIRST:-0}"
 echo "args:$*"
 echo "stdin:$(cat)"
 echo "data:$(cat "$(dirname "$0")/lib/data.txt")"
+[ -z "$TRACE" ] || echo "$$ end $(date +%s%N)" >>"$TRACE"
 exit "${EXIT_WITH:-0}"
 """
 
@@ -199,6 +201,55 @@ def test_another_user_runs_the_build_root_unpacked_and_cannot_unpack_there(reach
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["code"] == 5
     assert not (cache / BUILD_ID).exists()
+
+
+def spans(trace) -> list[tuple[int, int]]:
+    """(start, end) in ns of each stand-in run that wrote to `trace`, by start."""
+    times: dict[str, dict[str, int]] = {}
+    for line in trace.read_text().splitlines():
+        pid, what, ns = line.split()
+        times.setdefault(pid, {})[what] = int(ns)
+    return sorted((t["start"], t["end"]) for t in times.values())
+
+
+def concurrently(binary: str, cache, runs: int, **env: str) -> list[subprocess.CompletedProcess]:
+    assert run(binary, cache).returncode == 0  # unpacked before, so only the runs themselves overlap or not
+    with concurrent.futures.ThreadPoolExecutor(runs) as pool:
+        return list(pool.map(lambda _: run(binary, cache, SLEEP_FIRST="0.3", **env), range(runs)))
+
+
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK"])
+def test_cni_calls_on_a_node_run_one_at_a_time(binary, cache, tmp_path, command):
+    """Each holds a Python runtime charged to its caller's memory cgroup (Multus thick: 50Mi)."""
+    trace = tmp_path / "trace"
+    runs = concurrently(binary, cache, 4, CNI_COMMAND=command, TRACE=str(trace))
+    assert [r.returncode for r in runs] == [0] * 4
+    intervals = spans(trace)
+    assert len(intervals) == 4
+    assert all(later[0] >= earlier[1] for earlier, later in zip(intervals, intervals[1:])), intervals
+
+
+@pytest.mark.parametrize("command", ["VERSION", None])
+def test_version_the_bridge_and_the_command_line_do_not_queue(binary, cache, tmp_path, command):
+    trace = tmp_path / "trace"
+    env = {"TRACE": str(trace), **({"CNI_COMMAND": command} if command else {})}
+    assert [r.returncode for r in concurrently(binary, cache, 4, **env)] == [0] * 4
+    intervals = spans(trace)
+    assert any(later[0] < earlier[1] for earlier, later in zip(intervals, intervals[1:])), intervals
+
+
+def test_a_call_that_waits_too_long_for_the_one_before_runs_anyway(binary, cache):
+    import fcntl
+
+    assert run(binary, cache).returncode == 0
+    with open(cache / ".cni-call.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a call that never ends
+        started = time.monotonic()
+        proc = run(binary, cache, CNI_COMMAND="ADD")
+        waited = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.splitlines()[2] == "data:schema-ok"
+    assert 9 < waited < 30
 
 
 def test_another_users_cache_is_refused(binary, cache, tmp_path):
