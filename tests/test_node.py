@@ -241,6 +241,39 @@ def test_the_bridge_survives_kubelet_and_containerd_restarts(on_node: Cluster, n
     assert (after["containerID"], after["restartCount"]) == (before["containerID"], before["restartCount"])
 
 
+def container_cgroup(cluster: Cluster, pod: dict[str, Any], container: str) -> Path:
+    """The memory cgroup the kubelet made for one container of `pod`, under the node's cgroup root."""
+    (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == container]
+    container_id = status["containerID"].rpartition("/")[2]
+    top = Path("/sys/fs/cgroup/memory") / cluster.node.cgroups.name
+    (usage,) = top.rglob(f"pod{pod['metadata']['uid']}/{container_id}/memory.usage_in_bytes")
+    return usage.parent
+
+
+def test_pods_starting_together_stay_within_multus_own_memory_limit(on_node: Cluster, node_ns: str):
+    """Multus thick runs our plugin inside its daemon's container, limited to 50Mi by its own manifest.
+    Eight Pods created at once: every one attached, the daemon never OOM-killed; its peak printed."""
+    cluster, ns = on_node, node_ns
+    (multus,) = cluster._pods("kube-system", "name=multus")
+    restarts = multus["status"]["containerStatuses"][0]["restartCount"]
+    folder = container_cgroup(cluster, multus, "kube-multus")
+    (folder / "memory.max_usage_in_bytes").write_text("0")  # the peak from now on
+    names = [f"upf-burst-{i}" for i in range(8)]
+    for i, name in enumerate(names):
+        attach_only = cluster.workload(ns, name, attach(cluster, ns, name, VFS[i]))
+        attach_only["spec"].pop("initContainers")
+        cluster.apply(attach_only)
+    for name in names:
+        pod = cluster.wait_ready(ns, name, timeout=180)
+        assert (entry(pod, f"{ns}/n6-{name}") or {}).get("device-info") == device_info(VFS[names.index(name)])
+    (multus,) = cluster._pods("kube-system", "name=multus")
+    assert multus["status"]["containerStatuses"][0]["restartCount"] == restarts, multus["status"]
+    peak = int((folder / "memory.max_usage_in_bytes").read_text())
+    limit = int((folder / "memory.limit_in_bytes").read_text())
+    print(f"\nMultus's daemon container, 8 Pods starting at once: peak {peak / 2**20:.1f} of {limit / 2**20:.0f} MiB")
+    assert peak < limit
+
+
 # --- a rollout while Pods are being created --------------------------------------------------------------
 
 TRAILER = 80  # packaging/pack.py: magic, records offset and length, then the 56-byte build id
@@ -321,11 +354,7 @@ def test_the_bridges_memory_as_the_kubelet_counts_it(on_node: Cluster):
     """The bridge container's memory cgroup, which the kubelet made under its cgroup root: its limit
     is the DaemonSet's, and what it counts (usage, the working set the kubelet evicts by, the peak)
     stays under it. Printed for the README."""
-    pod = on_node.bridge_pod()
-    (status,) = pod["status"]["containerStatuses"]
-    container_id = status["containerID"].rpartition("/")[2]
-    top = Path("/sys/fs/cgroup/memory") / on_node.node.cgroups.name
-    (folder,) = [p.parent for p in top.rglob(f"pod{pod['metadata']['uid']}/{container_id}/memory.usage_in_bytes")]
+    folder = container_cgroup(on_node, on_node.bridge_pod(), "bridge")
     limit = int((folder / "memory.limit_in_bytes").read_text())
     usage = int((folder / "memory.usage_in_bytes").read_text())
     peak = int((folder / "memory.max_usage_in_bytes").read_text())
