@@ -48,19 +48,22 @@ test-binary: setup build image
 
 # ADD/CHECK/DEL medians against Go tuning and the Nuitka floor (benchmarks/bench.py), then the
 # network-status bridge on the test bed (benchmarks/bridge_bench.py: device-info latency after
-# Multus, the agent's RSS and CPU), python -m deviceid_inject and the binary, in bridge-results.md.
+# Multus, the agent's RSS and CPU), python -m deviceid_inject and the binary, in bridge-results.md,
+# then Pod start-up on the real node (benchmarks/node_bench.py), with Multus thick's own limits and
+# with its daemon's CPU limit raised.
 bench: setup build image
 	./build.sh hello
 	$(PY) benchmarks/bench.py --out benchmarks/results.md
 	$(PY) benchmarks/bridge_bench.py --out benchmarks/bridge-results.md
 	$(PY) benchmarks/bridge_bench.py --exe dist/deviceid-inject --out benchmarks/bridge-results.md --append
 	$(PY) benchmarks/node_bench.py --out benchmarks/node-results.md
+	$(PY) benchmarks/node_bench.py --multus-cpu 2 --out benchmarks/node-results-multus-cpu-2.md
 
 bench-quick: setup build image
 	./build.sh hello
 	$(PY) benchmarks/bench.py --quick
 	$(PY) benchmarks/bridge_bench.py --quick --exe dist/deviceid-inject
-	$(PY) benchmarks/node_bench.py --quick
+	$(PY) benchmarks/node_bench.py --quick --multus-cpu 2
 
 clean:
 	rm -rf $(VENV) .tools .build dist

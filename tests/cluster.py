@@ -148,6 +148,14 @@ class Cluster:
         self.node.wait(self.node.host_path("/etc/cni/net.d/00-multus.conf").exists, 60, "Multus's CNI config")
         self.multus = version
 
+    def set_multus_cpu_limit(self, limit: str, timeout: float = 180) -> None:
+        """What an operator changes in Multus's own manifest, the way an operator changes it: the daemon's
+        CPU limit (its manifest gives it 100m, and every delegate plugin runs inside that container)."""
+        self.ok("-n", "kube-system", "set", "resources", "daemonset/kube-multus-ds", "-c", "kube-multus",
+                f"--limits=cpu={limit}")  # fmt: skip
+        self.rollout("kube-multus-ds", timeout)
+        self.node.wait(self.node.host_path("/etc/cni/net.d/00-multus.conf").exists, 60, "Multus's CNI config")
+
     def _pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return self.node.api().get(f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")["items"]
 

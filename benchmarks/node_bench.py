@@ -1,0 +1,247 @@
+"""Pod start-up on a real node, with and without deviceid-inject (`make bench`; `--quick` in `make test`).
+
+The node of tests/node.py (kubelet, containerd, Multus thick from its own manifest, deploy/ applied as
+the tests apply it, the image built from the binary). Each variant's Pods are created through the API,
+5 at a time, in waves that take turns between the variants (shuffled each round), so drift on this
+shared machine spreads over all of them. Times are taken on this side of one watch of the namespace:
+from just before the create call to the event that shows the Pod Ready (and, for Pods that wait, the
+event that shows their wait-device-info init container ended).
+
+Variants (the same Pod, its one app container the pause program, unless it waits):
+- without deviceid-inject: the field's NAD with only the SR-IOV stand-in (host-device);
+- bridge route: the field's NAD with deviceid-inject; the bridge adds device-info after Multus's write;
+- selection route: the same NAD (the SR-IOV plugin without deviceID) and a deviceID placeholder in the
+  Pod's selection, so Multus writes our device-info itself;
+- ... waiting: the Pod's init container runs `deviceid-inject wait-device-info` first, as a workload
+  that reads device-info at start does.
+
+    .venv/bin/python benchmarks/node_bench.py [--pods 50] [--quick] [--out FILE] [--image ARCHIVE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "testdata")]
+
+import tools  # noqa: E402
+from bridge import VFS  # noqa: E402
+from cluster import NETWORKS, PLACEHOLDER, Cluster, build_multus_image, entry, image_reference, ready  # noqa: E402
+from kube import Seen, Watch  # noqa: E402
+from node import Node  # noqa: E402
+
+WAVE = 5
+
+
+@dataclass
+class Variant:
+    name: str
+    with_plugin: bool = True
+    selection_route: bool = False
+    waits: bool = False
+    created: dict[str, float] = field(default_factory=dict)
+    ready: dict[str, float] = field(default_factory=dict)
+    waited: dict[str, float] = field(default_factory=dict)  # the init container's end
+    multus_wrote: dict[str, float] = field(default_factory=dict)
+    device_info: dict[str, float] = field(default_factory=dict)
+
+
+VARIANTS = (
+    Variant("without deviceid-inject", with_plugin=False),
+    Variant("bridge route"),
+    Variant("selection route", selection_route=True),
+    Variant("bridge route, waiting", waits=True),
+    Variant("selection route, waiting", selection_route=True, waits=True),
+)
+
+
+def nad_config(name: str, device: str, variant: Variant, vf: str) -> dict[str, Any]:
+    first: dict[str, Any] = {
+        "type": "host-device",
+        "device": device,
+        "capabilities": {"ips": True, "CNIDeviceInfoFile": True},
+    }
+    if not variant.selection_route:
+        first["capabilities"]["deviceID"] = True
+    plugins = [first]
+    if variant.with_plugin:
+        plugins.append(
+            {
+                "type": "deviceid-inject",
+                "sysfsRoot": str(REPO / "testdata" / "sysfs" / "vf-iavf"),
+                "deviceID": vf,
+                "capabilities": {"deviceID": True, "CNIDeviceInfoFile": True},
+            }
+        )
+    return {"cniVersion": "0.3.0", "name": name, "plugins": plugins}
+
+
+def pod_body(cluster: Cluster, ns: str, name: str, network: str, variant: Variant) -> dict[str, Any]:
+    body = cluster.workload(ns, name, network)
+    if variant.selection_route:
+        body["metadata"]["annotations"][NETWORKS] = json.dumps(
+            [{"name": network, "interface": "net1", "deviceID": PLACEHOLDER}]
+        )
+    if not variant.waits:
+        body["spec"].pop("initContainers")
+        body["spec"]["volumes"] = []
+    return body
+
+
+def wave(cluster: Cluster, ns: str, variant: Variant, index: int, watch: Watch) -> None:
+    api = cluster.node.api()
+    names = []
+    for i in range(WAVE):
+        name = f"w{index}-{i}-{uuid.uuid4().hex[:4]}"
+        network = f"n6-{name}"
+        config = nad_config(network, cluster.veth(), variant, VFS[(index * WAVE + i) % len(VFS)])
+        body = {
+            "apiVersion": "k8s.cni.cncf.io/v1",
+            "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": network},
+            "spec": {"config": json.dumps(config)},
+        }
+        api.post(f"/apis/k8s.cni.cncf.io/v1/namespaces/{ns}/network-attachment-definitions", body)
+        names.append(name)
+    for name in names:
+        variant.created[name] = time.monotonic()
+        api.post(f"/api/v1/namespaces/{ns}/pods", pod_body(cluster, ns, name, f"n6-{name}", variant))
+    for name in names:
+        seen = watch.wait_for(
+            lambda s, n=name: s.object["metadata"]["name"] == n and bool(ready(s.object)), 120, f"{name} Ready"
+        )
+        variant.ready[name] = seen.at
+        network = f"{ns}/n6-{name}"
+        status = first(watch, name, lambda s, n=network: entry(s.object, n) is not None)
+        if status:
+            variant.multus_wrote[name] = status.at
+        info = first(watch, name, lambda s, n=network: "device-info" in (entry(s.object, n) or {}))
+        if info:
+            variant.device_info[name] = info.at
+        if variant.waits:
+            ended = first(watch, name, lambda s: init_ended(s.object))
+            assert ended is not None, f"{name} was Ready before its init container ended"
+            variant.waited[name] = ended.at
+    for name in names:
+        api.delete(f"/api/v1/namespaces/{ns}/pods/{name}?gracePeriodSeconds=0")
+    cluster.node.wait(lambda: all(cluster.gone(ns, n) for n in names), 120, "the wave's Pods deleted")
+    cluster.remove_links()
+
+
+def first(watch: Watch, name: str, match: Callable[[Seen], bool]) -> Seen | None:
+    with watch.changed:
+        return next((s for s in watch.seen if s.object["metadata"]["name"] == name and match(s)), None)
+
+
+def init_ended(pod: dict[str, Any]) -> bool:
+    statuses = pod.get("status", {}).get("initContainerStatuses") or []
+    return bool(statuses) and "terminated" in statuses[0]["state"]
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def spans(variant: Variant, until: dict[str, float], since: dict[str, float] | None = None) -> list[float]:
+    since = since if since is not None else variant.created
+    return [until[n] - since[n] for n in until if n in since]
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values) * 1000:.0f} / {quantile(values, 0.99) * 1000:.0f} ms"
+
+
+def report(variants: tuple[Variant, ...], pods: int, multus: str, kube: str) -> str:
+    base = spans(variants[0], variants[0].ready)
+    base_median, base_p99 = statistics.median(base), quantile(base, 0.99)
+    lines = [
+        f"Pod start-up on the test node: Kubernetes {kube}, Multus {multus}, {pods} Pods a variant, "
+        f"{WAVE} at a time ({time.strftime('%Y-%m-%d')}).",
+        "",
+        "| variant | creation → Ready (median / p99) | vs without (median / p99) | creation → wait-device-info ended "
+        "| Multus's write → device-info visible |",
+        "|---|---|---|---|---|",
+    ]
+    for v in variants:
+        ready_spans = spans(v, v.ready)
+        med, p99 = statistics.median(ready_spans), quantile(ready_spans, 0.99)
+        versus = "1.00x / 1.00x" if v is variants[0] else f"{med / base_median:.2f}x / {p99 / base_p99:.2f}x"
+        window = spans(v, v.device_info, v.multus_wrote) if v.with_plugin else []
+        lines.append(f"| {v.name} | {fmt(ready_spans)} | {versus} | {fmt(spans(v, v.waited))} | {fmt(window)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pods", type=int, default=50, help="Pods per variant (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="10 Pods per variant")
+    parser.add_argument("--image", type=Path, default=REPO / "dist" / "deviceid-inject-image.tar")
+    parser.add_argument("--out", type=Path, help="write the table here too")
+    parser.add_argument(
+        "--multus-cpu",
+        default="",
+        help="set the Multus daemon's CPU limit (e.g. 2); default: its own manifest's 100m, which every "
+        "delegate plugin runs under",
+    )
+    args = parser.parse_args()
+    pods = 10 if args.quick else args.pods
+    waves = max(1, pods // WAVE)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with tempfile.TemporaryDirectory(prefix="node-bench-") as scratch:
+        node = Node(Path(scratch) / "node")
+        try:
+            node.start()
+            cluster = Cluster(node, Path(scratch) / "user")
+            archives = [args.image, build_multus_image(tools.THICK_MULTUS, Path(scratch) / "multus.tar")]
+            cluster.import_images(archives)
+            cluster.deploy_ours(image_reference(args.image))
+            cluster.use_multus(tools.THICK_MULTUS)
+            if args.multus_cpu:
+                cluster.set_multus_cpu_limit(args.multus_cpu)
+            ns = cluster.namespace()
+            watch = Watch(node.api(), f"/api/v1/namespaces/{ns}/pods").start()
+            try:
+                for index in range(waves):
+                    for variant in random.sample(VARIANTS, len(VARIANTS)):
+                        try:
+                            wave(cluster, ns, variant, index * len(VARIANTS) + VARIANTS.index(variant), watch)
+                        except AssertionError:
+                            print(f"node_bench: {variant.name}:\n{cluster.diagnosis(ns)}", file=sys.stderr)
+                            raise
+                    print(f"node_bench: round {index + 1}/{waves} done", file=sys.stderr, flush=True)
+            finally:
+                watch.stop()
+        finally:
+            node.stop()
+        left = node.leftovers()
+        if left:
+            print(f"node_bench: the node left {left}", file=sys.stderr)
+            return 1
+    limits = f"its daemon's CPU limit set to {args.multus_cpu}" if args.multus_cpu else "its own manifest's limits"
+    table = report(VARIANTS, waves * WAVE, f"{tools.THICK_MULTUS} thick ({limits})", tools.KUBERNETES_VERSION)
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    os.umask(0o022)
+    sys.exit(main())
