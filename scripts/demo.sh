@@ -7,8 +7,10 @@
 # Intel E810 PF; everything else (netns, veth, cnitool, the result, the file) is real.
 # Part 2 points deviceid-inject, with no fixture, at this host's own PCI NIC in the host's
 # netns, and shows the address it discovers from the live sysfs and ethtool.
-# Part 3 (scripts/demo_multus.py) starts etcd and kube-apiserver on loopback, attaches a Pod
-# through unmodified Multus v4.0.2 and shows its network-status before and after the bridge.
+# Part 3 (scripts/demo_node.py) starts a real node (kubelet, containerd, the control plane) in
+# namespaces of its own, deploys Multus v4.3.0 thick from its own manifest and deploy/ with
+# `kubectl apply -k`, and shows a Pod's network-status as Multus wrote it, then with the bridge's
+# device-info, and what the Pod's init container read (the image comes from `make image`).
 # Everything it makes is removed on exit, also on failure.
 set -euo pipefail
 
@@ -28,9 +30,7 @@ trap cleanup EXIT
 mkdir -p "$SCRATCH/bin" "$SCRATCH/net.d"
 if [[ -n "${DEVICEID_INJECT_EXE:-}" ]]; then
     ln -s "$(realpath "$DEVICEID_INJECT_EXE")" "$SCRATCH/bin/deviceid-inject"
-    DEMO_PLUGIN_COMMAND="$(realpath "$DEVICEID_INJECT_EXE")"
 else
-    DEMO_PLUGIN_COMMAND="$REPO/.venv/bin/python -m deviceid_inject"
     printf '#!/bin/sh\nexec %q -m deviceid_inject "$@"\n' "$REPO/.venv/bin/python" > "$SCRATCH/bin/deviceid-inject"
     chmod +x "$SCRATCH/bin/deviceid-inject"
 fi
@@ -102,4 +102,4 @@ conf "$RESULT" | CNI_COMMAND=DEL "$SCRATCH/bin/deviceid-inject" && echo "DEL pas
 }
 if [[ -n "$NIC" ]]; then part2; else echo "Part 2 skipped: this host has no PCI-backed netdev"; fi
 
-SCRATCH="$SCRATCH" DEMO_PLUGIN_COMMAND="$DEMO_PLUGIN_COMMAND" "$REPO/.venv/bin/python" "$REPO/scripts/demo_multus.py"
+SCRATCH="$SCRATCH" "$REPO/.venv/bin/python" "$REPO/scripts/demo_node.py"
