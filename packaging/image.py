@@ -246,8 +246,8 @@ def runtime_libraries(unpacked: Path, launcher: Path, root: Path) -> set[str]:
     return found
 
 
-def listed_libraries() -> set[str]:
-    lines = LIBS_LIST.read_text().splitlines()
+def listed_libraries(path: Path = LIBS_LIST) -> set[str]:
+    lines = path.read_text().splitlines()
     return {line.strip().lstrip("/") for line in lines if line.strip() and not line.startswith("#")}
 
 
@@ -285,14 +285,14 @@ def unpack(binary: Path, cache: Path) -> Path:
     return folders[0]
 
 
-def deviceid_inject_image(binary: Path, root: Path, reference: str, out: Path) -> str:
+def deviceid_inject_image(binary: Path, root: Path, reference: str, out: Path, libs: Path = LIBS_LIST) -> str:
     with tempfile.TemporaryDirectory() as scratch:
         unpacked = unpack(binary, Path(scratch) / "cache")
         needs = runtime_libraries(unpacked, binary, root)
-        listed = listed_libraries()
+        listed = listed_libraries(libs)
         if needs != listed:
             raise SystemExit(
-                f"image.py: {LIBS_LIST.relative_to(REPO)} does not match what {binary} needs at run time:\n"
+                f"image.py: {libs} does not match what {binary} needs at run time:\n"
                 f"  missing from the list: {sorted(needs - listed) or 'none'}\n"
                 f"  listed but not needed: {sorted(listed - needs) or 'none'}\n"
                 "Update the list (deploy/Containerfile copies the same files)."
@@ -330,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ours.add_argument("--root", type=Path, default=REPO / ".build" / "bullseye", help="the build's Debian 11 root")
     ours.add_argument("--tag", default=DEFAULT_TAG)
     ours.add_argument("--out", type=Path, default=REPO / "dist" / "deviceid-inject-image.tar")
+    ours.add_argument("--libs", type=Path, default=LIBS_LIST, help="the runtime libraries it must hold")
     generic = commands.add_parser("files", help="an image of the files given")
     generic.add_argument("--tag", required=True)
     generic.add_argument("--out", type=Path, required=True)
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     generic.add_argument("files", nargs="+", metavar="DEST=SRC")
     args = top.parse_args(argv)
     if args.command == "deviceid-inject":
-        digest = deviceid_inject_image(args.binary, args.root, args.tag, args.out)
+        digest = deviceid_inject_image(args.binary, args.root, args.tag, args.out, args.libs)
     else:
         entries = [Entry("tmp", "dir", 0o1777)]
         for spec in args.files:

@@ -1,0 +1,121 @@
+"""The image deploy/ runs (packaging/image.py, `make image`), checked as an archive and run from its
+own files: what ctr, podman and docker read from it, the binary it holds, the build already unpacked
+for a read-only root, and only the runtime libraries the binary needs. tests/test_node.py runs it
+under a real kubelet."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from harness import base_env, run
+from helpers import REPO
+
+EXE = os.environ.get("DEVICEID_INJECT_EXE", "")
+pytestmark = pytest.mark.skipif(not EXE, reason="the image is built from the binary (set DEVICEID_INJECT_EXE)")
+IMAGE_TOOL = REPO / "packaging" / "image.py"
+ROOT = REPO / ".build" / "bullseye"
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("image") / "image.tar"
+    made = run(
+        [
+            sys.executable,
+            str(IMAGE_TOOL),
+            "deviceid-inject",
+            "--binary",
+            EXE,
+            "--tag",
+            "localhost/t:1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert made.code == 0, made.stderr
+    return out
+
+
+def members(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_the_archive_is_an_oci_layout_and_a_docker_archive_of_the_same_blobs(archive: Path):
+    files = members(archive)
+    for name, data in files.items():
+        if name.startswith("blobs/sha256/"):
+            assert hashlib.sha256(data).hexdigest() == name.rpartition("/")[2]
+    index = json.loads(files["index.json"])
+    (descriptor,) = index["manifests"]
+    assert descriptor["annotations"]["io.containerd.image.name"] == "localhost/t:1"
+    manifest = json.loads(files[f"blobs/sha256/{descriptor['digest'].split(':')[1]}"])
+    (docker,) = json.loads(files["manifest.json"])
+    assert docker["RepoTags"] == ["localhost/t:1"]
+    assert docker["Config"] == f"blobs/sha256/{manifest['config']['digest'].split(':')[1]}"
+    assert docker["Layers"] == [f"blobs/sha256/{layer['digest'].split(':')[1]}" for layer in manifest["layers"]]
+    config = json.loads(files[docker["Config"]])
+    assert config["rootfs"]["diff_ids"] == [layer["digest"] for layer in manifest["layers"]]
+    assert config["config"]["Entrypoint"] == ["/usr/local/bin/deviceid-inject"]
+
+
+@pytest.fixture(scope="module")
+def rootfs(archive: Path, tmp_path_factory) -> Path:
+    files = members(archive)
+    (layer_name,) = json.loads(files["manifest.json"])[0]["Layers"]
+    root = tmp_path_factory.mktemp("rootfs")
+    with tarfile.open(fileobj=io.BytesIO(files[layer_name])) as layer:
+        layer.extractall(root, filter="tar")  # owners and modes as the image has them
+    root.chmod(0o755)  # as a runtime makes a container's root folder
+    return root
+
+
+# What a runtime gives a container with readOnlyRootFilesystem: its image's files, read-only, and /proc.
+READ_ONLY_CHROOT = """
+root="$1"; user="$2"; shift 2
+mkdir -p "$root/proc"
+mount --bind "$root" "$root"
+mount -o remount,bind,ro "$root"
+mount -t proc proc "$root/proc"
+exec chroot --userspec="$user" "$root" "$@"
+"""
+
+
+def in_image(rootfs: Path, *argv: str, user: str = "0:0") -> subprocess.CompletedProcess:
+    """Run argv with the image's files as the whole root, read-only, in a mount namespace of its own."""
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_CHROOT, "sh", str(rootfs), user]
+    return subprocess.run([*command, *argv], capture_output=True, text=True, env=base_env(), timeout=60)
+
+
+def test_the_image_holds_the_binary_and_runs_it_from_its_own_libraries_on_a_read_only_root(rootfs: Path):
+    assert (rootfs / "usr/local/bin/deviceid-inject").read_bytes() == Path(EXE).read_bytes()
+    for user in ("0:0", "65534:65534"):  # a workload's init container may run as anyone
+        proc = in_image(rootfs, "/usr/local/bin/deviceid-inject", "--version", user=user)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.startswith("deviceid-inject 0.")
+    cache = rootfs / "var/cache/deviceid-inject"
+    (build,) = [p for p in cache.iterdir()]
+    assert cache.stat().st_mode & 0o777 == 0o755 and build.stat().st_uid == 0
+
+
+def test_the_build_fails_when_the_library_list_misses_one_or_keeps_a_stale_one(tmp_path: Path):
+    listed = (REPO / "packaging" / "image-libs.txt").read_text().splitlines()
+    missing = [line for line in listed if not line.endswith("libgcc_s.so.1")]
+    stale = [*listed, "lib/x86_64-linux-gnu/libudev.so.1"]
+    for lines, words in ((missing, "missing from the list: ['lib/x86_64-linux-gnu/libgcc_s.so.1']"),
+                         (stale, "listed but not needed: ['lib/x86_64-linux-gnu/libudev.so.1']")):  # fmt: skip
+        libs = tmp_path / "libs.txt"
+        libs.write_text("\n".join(lines) + "\n")
+        out = run([sys.executable, str(IMAGE_TOOL), "deviceid-inject", "--binary", EXE, "--libs", str(libs),
+                   "--out", str(tmp_path / "x.tar")])  # fmt: skip
+        assert out.code != 0
+        assert words in out.stderr
+        assert not (tmp_path / "x.tar").exists()
