@@ -88,6 +88,15 @@ static int read_at(int fd, void *buf, size_t len, uint64_t off)
     return 0;
 }
 
+/* Whether a relative path has a ".." component, which would climb out of the folder ("a..b" is a name). */
+static int has_dotdot_component(const char *path)
+{
+    for (const char *part = path; part != NULL; part = strchr(part, '/') ? strchr(part, '/') + 1 : NULL)
+        if (strncmp(part, "..", 2) == 0 && (part[2] == '/' || part[2] == '\0'))
+            return 1;
+    return 0;
+}
+
 /* Read the record at *pos, advance *pos past its data. Returns 0, or -1 on a bad payload. */
 static int next_record(int fd, const struct trailer *t, uint64_t *pos, struct record *r)
 {
@@ -104,7 +113,7 @@ static int next_record(int fd, const struct trailer *t, uint64_t *pos, struct re
     if (read_at(fd, r->path, path_len, *pos + sizeof head) < 0)
         return -1;
     r->path[path_len] = '\0';
-    if (r->path[0] == '/' || strstr(r->path, "..") != NULL)
+    if (r->path[0] == '/' || has_dotdot_component(r->path))
         return -1;
     r->data = *pos + sizeof head + path_len;
     *pos = r->data + r->size;

@@ -26,8 +26,8 @@ def records(folder: str):
         for name in sorted(files) + sorted(d for d in dirs if os.path.islink(os.path.join(parent, d))):
             path = os.path.join(parent, name)
             rel = os.path.relpath(path, folder)
-            if ".." in rel:
-                raise SystemExit(f"pack.py: {rel!r}: '..' in a name is not allowed")
+            if ".." in rel.split(os.sep):
+                raise SystemExit(f"pack.py: {rel!r}: a '..' component would climb out of the folder")
             info = os.lstat(path)
             if stat.S_ISLNK(info.st_mode):
                 yield b"l", 0o777, rel, os.readlink(path).encode()

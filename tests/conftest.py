@@ -175,7 +175,7 @@ def cni_path(impl: Impl, tmp_path: Path) -> str:
 @pytest.fixture
 def cnitool(cni_path: str, tmp_path: Path) -> Cnitool:
     if not have_cni_tools():
-        pytest.skip(f"cnitool and the reference plugins are not built in {CNI_BIN} (make setup)")
+        pytest.fail(f"cnitool and the reference plugins are not built in {CNI_BIN}: run make setup")
     os.makedirs("/var/lib/cni", exist_ok=True)  # the bind mount's target; libcni's default cache
     netconf = tmp_path / "net.d"
     cache = tmp_path / "cni-cache"

@@ -14,7 +14,7 @@ from deviceid_inject.config import (
     DEFAULT_DEVICE_INFO_ROOT,
     Attachment,
     Config,
-    parse,
+    load,
 )
 from deviceid_inject.protocol import ERR_INVALID_CONFIG, CniError
 
@@ -27,7 +27,7 @@ def conf(**keys: Any) -> dict[str, Any]:
 
 def parse_error(raw: dict[str, Any]) -> CniError:
     with pytest.raises(CniError) as err:
-        parse(raw)
+        load(raw)
     assert err.value.code == ERR_INVALID_CONFIG
     return err.value
 
@@ -49,7 +49,7 @@ def test_schema_allows_unknown_keys() -> None:
 
 
 def test_defaults() -> None:
-    assert parse(MINIMAL) == Config(
+    assert load(MINIMAL) == Config(
         cni_version="1.1.0",
         name="",
         sysfs_root=None,
@@ -95,7 +95,7 @@ def test_every_key_parsed() -> None:
         },
         "cni.dev/valid-attachments": [{"containerID": "abc", "ifname": "net1"}],
     }
-    assert parse(raw) == Config(
+    assert load(raw) == Config(
         cni_version="0.3.0",
         name="n6-dpdk",
         sysfs_root="/fixtures/sys",
@@ -116,7 +116,7 @@ def test_every_key_parsed() -> None:
 
 @pytest.mark.parametrize("level", ["error", "warning", "info", "debug"])
 def test_log_levels(level: str) -> None:
-    assert parse(conf(logLevel=level)).log_level == level
+    assert load(conf(logLevel=level)).log_level == level
 
 
 def test_unknown_keys_are_ignored() -> None:
@@ -128,7 +128,7 @@ def test_unknown_keys_are_ignored() -> None:
         dpdk=True,
         somethingNew=[1, {"x": None}],
     )
-    assert parse(raw) == parse(conf(name="n6"))
+    assert load(raw) == load(conf(name="n6"))
 
 
 # --- wrong types and values -----------------------------------------------------------------------
@@ -214,7 +214,7 @@ def test_relative_device_info_file_is_rejected(value: str) -> None:
     [[], ["ens1f0"], ["ens1f0", "ens1f1"], ["a" * 15], ["\u00e9" * 7 + "a"], ["eth0.100", "..."]],
 )
 def test_valid_pf_names(names: list[str]) -> None:
-    assert parse(conf(pfNames=names)).pf_names == tuple(names)
+    assert load(conf(pfNames=names)).pf_names == tuple(names)
 
 
 @pytest.mark.parametrize(
@@ -244,26 +244,26 @@ def test_pf_name_with_trailing_newline_is_rejected() -> None:
 
 
 def test_runtime_config_keys() -> None:
-    config = parse(conf(runtimeConfig={"CNIDeviceInfoFile": "/run/devinfo/cni/x", "deviceID": "0000:3b:02.1"}))
+    config = load(conf(runtimeConfig={"CNIDeviceInfoFile": "/run/devinfo/cni/x", "deviceID": "0000:3b:02.1"}))
     assert config.runtime_device_info_file == "/run/devinfo/cni/x"
     assert config.runtime_device_id == "0000:3b:02.1"
 
 
 def test_runtime_config_other_capabilities_are_ignored() -> None:
-    config = parse(conf(runtimeConfig={"ips": ["10.0.0.5/24"], "mac": "02:00:00:00:00:01", "portMappings": []}))
+    config = load(conf(runtimeConfig={"ips": ["10.0.0.5/24"], "mac": "02:00:00:00:00:01", "portMappings": []}))
     assert config.runtime_device_info_file is None
     assert config.runtime_device_id is None
 
 
 @pytest.mark.parametrize("runtime", [{}, {"deviceID": ""}])
 def test_runtime_config_without_values(runtime: dict[str, Any]) -> None:
-    config = parse(conf(runtimeConfig=runtime))
+    config = load(conf(runtimeConfig=runtime))
     assert config.runtime_device_info_file is None
     assert config.runtime_device_id is None
 
 
 def test_device_id_from_config_and_runtime_are_kept_apart() -> None:
-    config = parse(conf(deviceID="0000:3b:02.1", runtimeConfig={"deviceID": "0000:3b:02.2"}))
+    config = load(conf(deviceID="0000:3b:02.1", runtimeConfig={"deviceID": "0000:3b:02.2"}))
     assert (config.device_id, config.runtime_device_id) == ("0000:3b:02.1", "0000:3b:02.2")
 
 
@@ -280,7 +280,7 @@ def test_valid_attachments_parsed_in_order() -> None:
             ]
         }
     )
-    assert parse(raw).valid_attachments == (
+    assert load(raw).valid_attachments == (
         Attachment("abc", "net1"),
         Attachment("abc", "net2"),
         Attachment("def", "net1"),
@@ -289,13 +289,13 @@ def test_valid_attachments_parsed_in_order() -> None:
 
 def test_empty_valid_attachments_is_not_absent() -> None:
     # An empty list means "nothing is valid" for GC; absence means "GC was not told".
-    assert parse(conf(**{"cni.dev/valid-attachments": []})).valid_attachments == ()
-    assert parse(MINIMAL).valid_attachments is None
+    assert load(conf(**{"cni.dev/valid-attachments": []})).valid_attachments == ()
+    assert load(MINIMAL).valid_attachments is None
 
 
 def test_prev_result_kept_as_given() -> None:
     prev = {"cniVersion": "1.1.0", "interfaces": [{"name": "net1", "pciID": "0000:3b:02.1"}], "x": [1]}
-    assert parse(conf(prevResult=prev)).prev_result == prev
+    assert load(conf(prevResult=prev)).prev_result == prev
 
 
 @pytest.mark.parametrize("key", ["deviceInfoRoot", "dataDir"])
@@ -325,7 +325,7 @@ def forbid_jsonschema(monkeypatch):
 
 
 def test_a_valid_config_is_validated_by_jsonschema_once(tmp_path, monkeypatch):
-    configuration.parse(cached_config(tmp_path))
+    configuration.load(cached_config(tmp_path))
     assert len(list((tmp_path / "state" / configuration.VALIDATED_DIR).iterdir())) == 1
     forbid_jsonschema(monkeypatch)
     other_pod = cached_config(
@@ -333,20 +333,20 @@ def test_a_valid_config_is_validated_by_jsonschema_once(tmp_path, monkeypatch):
         prevResult={"interfaces": [{"name": "net1"}]},
         runtimeConfig={"CNIDeviceInfoFile": "/run/x", "deviceID": "0000:3b:02.3"},
     )
-    assert configuration.parse(other_pod).runtime_device_id == "0000:3b:02.3"
+    assert configuration.load(other_pod).runtime_device_id == "0000:3b:02.3"
 
 
 def test_a_changed_static_key_is_validated_again(tmp_path, monkeypatch):
-    configuration.parse(cached_config(tmp_path))
+    configuration.load(cached_config(tmp_path))
     forbid_jsonschema(monkeypatch)
     with pytest.raises(AssertionError, match="jsonschema ran"):
-        configuration.parse(cached_config(tmp_path, logLevel="debug"))
+        configuration.load(cached_config(tmp_path, logLevel="debug"))
 
 
 def test_an_invalid_config_is_never_remembered(tmp_path):
     for _ in range(2):
         with pytest.raises(CniError) as err:
-            configuration.parse(cached_config(tmp_path, required="yes"))
+            configuration.load(cached_config(tmp_path, required="yes"))
         assert "$.required" in err.value.msg
     assert not (tmp_path / "state" / configuration.VALIDATED_DIR).exists()
 
@@ -364,12 +364,12 @@ def test_an_invalid_config_is_never_remembered(tmp_path):
     ],
 )
 def test_per_attachment_keys_are_checked_on_a_cache_hit_too(tmp_path, monkeypatch, extra, path):
-    configuration.parse(cached_config(tmp_path))
+    configuration.load(cached_config(tmp_path))
     for forbid in (False, True):
         if forbid:
             forbid_jsonschema(monkeypatch)
         with pytest.raises(CniError) as err:
-            configuration.parse(cached_config(tmp_path, **extra))
+            configuration.load(cached_config(tmp_path, **extra))
         assert err.value.code == 7
         assert path in err.value.msg
 
@@ -385,29 +385,29 @@ def stricter_schema(tmp_path, monkeypatch) -> None:
 
 def test_an_entry_made_under_another_schema_is_not_trusted_and_is_pruned(tmp_path, monkeypatch):
     config = cached_config(tmp_path, logLevel="info")
-    configuration.parse(config)
+    configuration.load(config)
     validated = tmp_path / "state" / configuration.VALIDATED_DIR
     (stale,) = validated.iterdir()
     stricter_schema(tmp_path, monkeypatch)
     with pytest.raises(CniError) as err:
-        configuration.parse(config)
+        configuration.load(config)
     assert err.value.code == 7 and "$.logLevel" in err.value.msg
     assert not stale.exists()
     assert list(validated.iterdir()) == []
 
 
 def test_a_new_schema_validates_again_and_keeps_only_its_own_entries(tmp_path, monkeypatch):
-    configuration.parse(cached_config(tmp_path))
-    configuration.parse(cached_config(tmp_path, logLevel="debug"))
+    configuration.load(cached_config(tmp_path))
+    configuration.load(cached_config(tmp_path, logLevel="debug"))
     validated = tmp_path / "state" / configuration.VALIDATED_DIR
     old = sorted(validated.iterdir())
     assert len(old) == 2
     stricter_schema(tmp_path, monkeypatch)
-    configuration.parse(cached_config(tmp_path, logLevel="error"))
+    configuration.load(cached_config(tmp_path, logLevel="error"))
     (kept,) = validated.iterdir()
     assert kept not in old
     forbid_jsonschema(monkeypatch)
-    configuration.parse(cached_config(tmp_path, logLevel="error"))  # a hit under the new key
+    configuration.load(cached_config(tmp_path, logLevel="error"))  # a hit under the new key
 
 
 def test_the_cache_key_names_the_schema_bytes_and_the_build(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deviceid_inject import deviceinfo
-from deviceid_inject.deviceinfo import FILE_MODE, SPEC_VERSION, Target, fallback_name
+from deviceid_inject.deviceinfo import FILE_MODE, SPEC_VERSION, fallback_name
 from deviceid_inject.discovery import Device
 from deviceid_inject.log import Log
 from deviceid_inject.protocol import ERR_INVALID_CONFIG, CniError
@@ -118,17 +118,17 @@ def test_fallback_name_always_fits_and_ends_with_the_attachment(network: str, if
 
 def test_target_without_a_given_path_is_the_fallback(root: Path) -> None:
     target = deviceinfo.target(str(root), None, "default/n6", CID, "net1")
-    assert target == Target(str(root / "cni" / f"default-n6-{CID}_net1"))
+    assert target == str(root / "cni" / f"default-n6-{CID}_net1")
 
 
 def test_target_with_an_empty_given_path_is_the_fallback(root: Path) -> None:
-    assert deviceinfo.target(str(root), "", "n6", CID, "net1").path == str(root / "cni" / f"n6-{CID}_net1")
+    assert deviceinfo.target(str(root), "", "n6", CID, "net1") == str(root / "cni" / f"n6-{CID}_net1")
 
 
 @pytest.mark.parametrize("relative", ["cni/n6-abc_net1", "x", "cni/deeper/than/multus"])
 def test_target_given_inside_root(root: Path, relative: str) -> None:
     path = str(root / relative)
-    assert deviceinfo.target(str(root), path, "n6", CID, "net1") == Target(path)
+    assert deviceinfo.target(str(root), path, "n6", CID, "net1") == path
 
 
 @pytest.mark.parametrize(
@@ -170,8 +170,8 @@ def test_target_with_root_reached_through_a_symlink(tmp_path: Path) -> None:
     for root in (via_link, resolved):
         for base in (via_link, resolved):
             path = str(base / "cni" / f"n6-{CID}_net1")
-            assert deviceinfo.target(str(root), path, "n6", CID, "net1") == Target(path)
-        assert deviceinfo.target(str(root), None, "n6", CID, "net1").path == str(root / "cni" / f"n6-{CID}_net1")
+            assert deviceinfo.target(str(root), path, "n6", CID, "net1") == path
+        assert deviceinfo.target(str(root), None, "n6", CID, "net1") == str(root / "cni" / f"n6-{CID}_net1")
 
 
 # --- pci_section ----------------------------------------------------------------------------------

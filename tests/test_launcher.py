@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,6 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the launcher")
 BUILD_ID = "0123456789abcdef0123"
 PROGRAM = """#!/bin/sh
 # stands in for the Nuitka program: proves args, stdin, exit code and its own data files arrive;
@@ -37,6 +37,8 @@ exit "${EXIT_WITH:-0}"
 
 @pytest.fixture(scope="module")
 def launcher(tmp_path_factory) -> str:
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc builds the launcher here: run make setup")
     out = tmp_path_factory.mktemp("launcher") / "launcher"
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(REPO / "packaging/launcher.c")], check=True)
     return str(out)
@@ -258,3 +260,29 @@ def test_another_users_cache_is_refused(binary, cache, tmp_path):
     proc = run(binary, cache)
     assert proc.returncode == 1
     assert "not a directory of ours or root's" in json.loads(proc.stdout)["msg"]
+
+
+def test_names_with_two_dots_unpack_and_a_dotdot_component_is_refused(launcher, tmp_path, cache):
+    folder = tmp_path / "dots"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "deviceid-inject").write_text(PROGRAM)
+    (folder / "deviceid-inject").chmod(0o755)
+    (folder / "lib" / "data.txt").write_text("schema-ok")
+    (folder / "lib" / "libx..so.1").write_text("two dots in a name")
+    (folder / "..hidden").write_text("and at its start")
+    binary = pack(launcher, folder, BUILD_ID, tmp_path / "dots.bin")
+    assert run(binary, cache).returncode == 0
+    assert (cache / BUILD_ID / "lib" / "libx..so.1").read_text() == "two dots in a name"
+    assert (cache / BUILD_ID / "..hidden").read_text() == "and at its start"
+    # A payload whose record climbs out with a '..' component (pack.py never writes one).
+    head = Path(launcher).read_bytes()
+    path = b"../escape"
+    body = b"f" + struct.pack("<IIQ", 0o644, len(path), 1) + path + b"z"
+    trailer = b"DIDINJ\x00\x01" + struct.pack("<QQ", len(head), len(body)) + b"badbadbad".ljust(56, b"\0")
+    crafted = tmp_path / "crafted"
+    crafted.write_bytes(head + body + trailer)
+    crafted.chmod(0o755)
+    proc = run(str(crafted), cache)
+    assert proc.returncode == 1
+    assert "damaged payload" in json.loads(proc.stdout)["msg"]
+    assert not (cache / "escape").exists()

@@ -10,21 +10,21 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import cni_env, host_pci_netdev, prev_result, run_plugin
+from helpers import cni_env, host_pci_netdev, needs_root, prev_result, run_plugin
 
-from deviceid_inject import commands, discovery, protocol, udev
-from deviceid_inject import config as configuration
+from deviceid_inject import commands, discovery, udev
 from deviceid_inject import netns as pod_netns
-from deviceid_inject.log import Log
 from deviceid_inject.pci import SysfsPci
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+pytestmark = needs_root
 HOST_NETNS = f"/proc/{os.getpid()}/ns/net"
 
 
-def mounts() -> str:
+def mounts() -> list[str]:
+    """The host's sysfs mounts: what a probe that mounted its fresh sysfs in the wrong namespace would
+    add. (Not the whole table: other runs on this machine add netns mounts of their own meanwhile.)"""
     with open("/proc/self/mountinfo") as f:
-        return f.read()
+        return [line for line in f if " - sysfs " in line]
 
 
 def test_a_veth_in_a_pod_netns_is_seen_there_and_is_not_pci(netns, veth_in, make_config):
@@ -123,14 +123,24 @@ def test_libudev_is_loaded_only_when_the_log_shows_what_it_adds(make_config, mon
 
 
 @pytest.mark.parametrize("level", ["error", "warning", "info", "debug"])
-def test_discovery_reads_plain_sysfs_at_every_log_level(make_config, level):
-    """The log level must not choose the discovery code: one view, plain /sys, at every level."""
-    env = protocol.parse_env(
-        {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": HOST_NETNS, "CNI_IFNAME": "x"}
-    )
-    config = configuration.parse(make_config(sysfs=None, logLevel=level))
-    host = commands._host(config, env, Log(level))
-    assert type(host.pci) is SysfsPci and host.pci.root == "/sys"
+def test_discovery_reads_plain_sysfs_at_every_log_level(make_config, monkeypatch, level):
+    """The log level must not choose the discovery code: one view, plain /sys, at every level. Seen
+    from inside a real ADD at that level: the Host discovery was handed."""
+    name, _ = host_pci_netdev()
+    views: list[object] = []
+    real_discover = discovery.discover
+
+    def spy(clues, host, *rest):
+        views.append(host.pci)
+        return real_discover(clues, host, *rest)
+
+    monkeypatch.setattr(discovery, "discover", spy)
+    environ = cni_env("ADD", container_id="c1", netns=HOST_NETNS, ifname=name)
+    config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
+    out, err = io.StringIO(), io.StringIO()
+    assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
+    (view,) = views
+    assert type(view) is SysfsPci and view.root == "/sys"
 
 
 def test_discovery_at_info_finds_the_same_by_the_same_strategies_as_at_warning(make_config, monkeypatch):

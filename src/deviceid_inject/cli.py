@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from . import __version__, config, deviceinfo, discovery, udev
 from .log import Log
-from .protocol import CniError, check_ifname
+from .protocol import SUPPORTED_VERSIONS, CniError, check_ifname
 
 EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
 PLUGIN_TYPE = "deviceid-inject"
@@ -39,7 +39,7 @@ def version_text() -> str:
         build = "not compiled: running from source"
     return (
         f"deviceid-inject {__version__}\n{build}\nPython {platform.python_version()}\n"
-        "CNI spec versions: 0.3.0 0.3.1 0.4.0 1.0.0 1.1.0\n"
+        f"CNI spec versions: {' '.join(SUPPORTED_VERSIONS)}\n"
     )
 
 
@@ -54,17 +54,17 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="store_true", help="print the version and build information")
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
 
-    find = commands.add_parser(
+    discover = commands.add_parser(
         "discover",
         help="show the device-info ADD would write, and why each discovery strategy did or did not apply",
         description="Run discovery as ADD would, read only: nothing is written.",
     )
-    find.add_argument("--netns", required=True, help="the pod's network namespace, e.g. /var/run/netns/x")
-    find.add_argument("--ifname", required=True, help="the interface name inside the pod, e.g. net1")
-    find.add_argument("--mac", help="the interface's MAC, for VFs with no netdev (DPDK)")
-    find.add_argument("--device-id", help="a PCI address known up front (as runtimeConfig.deviceID)")
-    find.add_argument("--pf-name", action="append", default=[], help="restrict the VF-table search (repeatable)")
-    find.add_argument("--sysfs-root", help="read this sysfs-shaped tree instead of the pod's sysfs")
+    discover.add_argument("--netns", required=True, help="the pod's network namespace, e.g. /var/run/netns/x")
+    discover.add_argument("--ifname", required=True, help="the interface name inside the pod, e.g. net1")
+    discover.add_argument("--mac", help="the interface's MAC, for VFs with no netdev (DPDK)")
+    discover.add_argument("--device-id", help="a PCI address known up front (as runtimeConfig.deviceID)")
+    discover.add_argument("--pf-name", action="append", default=[], help="restrict the VF-table search (repeatable)")
+    discover.add_argument("--sysfs-root", help="read this sysfs-shaped tree instead of the pod's sysfs")
 
     check = commands.add_parser(
         "check-config",
@@ -130,6 +130,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     return EXIT_USAGE
 
 
+def _say(err: TextIO, message: str, code: int) -> int:
+    """Tell the operator why on stderr (stdout carries only the answer); the exit code to return."""
+    err.write(f"deviceid-inject: {message}\n")
+    return code
+
+
 def install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .install import InstallError
     from .install import install as put
@@ -137,8 +143,7 @@ def install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         version = put(Path(args.source), Path(args.folder))
     except InstallError as exc:
-        err.write(f"deviceid-inject: {exc}\n")
-        return EXIT_NO
+        return _say(err, str(exc), EXIT_NO)
     out.write(f"installed {Path(args.folder) / 'deviceid-inject'}: {version}\n")
     return EXIT_OK
 
@@ -148,10 +153,7 @@ def wait_device_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     found = podinfo.wait(args.annotations, podinfo.Wanted(args.interface, args.network), args.timeout)
     if found is None:
-        err.write(
-            f"deviceid-inject: no device-info for {args.interface} in {args.annotations} after {args.timeout:g} s\n"
-        )
-        return EXIT_NO
+        return _say(err, f"no device-info for {args.interface} in {args.annotations} after {args.timeout:g} s", EXIT_NO)
     out.write(json.dumps(found) + "\n")
     return EXIT_OK
 
@@ -160,8 +162,7 @@ def discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         check_ifname(args.ifname, "--ifname")
     except CniError as exc:
-        err.write(f"deviceid-inject: {exc.msg}\n")
-        return EXIT_USAGE
+        return _say(err, exc.msg, EXIT_USAGE)
     log = Log("warning", stream=err)
     host = discovery.Host(
         netns_path=args.netns,
@@ -172,8 +173,7 @@ def discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         found = discovery.discover(clues, host)
     except CniError as exc:
-        err.write(f"deviceid-inject: {exc.msg}\n")
-        return EXIT_NO
+        return _say(err, exc.msg, EXIT_NO)
     report: dict[str, Any] = {
         "strategies": [
             {"strategy": a.strategy, "applied": a.outcome.startswith("found "), "outcome": a.outcome}
@@ -195,8 +195,7 @@ def check_config(path: str, out: TextIO, err: TextIO) -> int:
         document = _load_document(path)
         entry, where = plugin_entry(document)
     except (OSError, ValueError) as exc:
-        err.write(f"deviceid-inject: {path}: {exc}\n")
-        return EXIT_USAGE
+        return _say(err, f"{path}: {exc}", EXIT_USAGE)
     errors = config.schema_errors(entry)
     for line in errors:
         out.write(f"{where}{line[1:]}\n" if line.startswith("$") else f"{where}: {line}\n")

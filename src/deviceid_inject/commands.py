@@ -12,6 +12,7 @@ from . import config as configuration
 from . import deviceinfo, discovery, files, protocol, udev
 from .config import Config
 from .log import Log
+from .pci import SysfsPci
 from .protocol import ERR_CHECK_FAILED, ERR_INTERNAL, ERR_INVALID_CONFIG, ERR_IO, ERR_NO_DEVICE, CniError, Env
 from .state import Record, Store
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
     result = _prev_result(config)
     iface = pick_interface(result, env.ifname)
-    host = _host(config, env, log)
+    host = _host(config, env)
     found = discovery.discover(_clues(config, iface, env.ifname), host)
     if log.enabled("debug"):
         for attempt in found.attempts:
@@ -53,18 +54,18 @@ def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
     )
     with store.locked():
         previous = store.load(env.container_id, env.ifname)
-        ours_already = previous is not None and previous.created_file and previous.device_info_file == target.path
-        created = ours_already or not os.path.lexists(target.path)
-        document = deviceinfo.compose(config.device_info_root, target.path, device, log)
+        ours_already = previous is not None and previous.created_file and previous.device_info_file == target
+        created = ours_already or not os.path.lexists(target)
+        document = deviceinfo.compose(config.device_info_root, target, device, log)
         # The record goes first, so a DEL after a crash knows of the file it may find.
-        store.save(_record(env, config, device, target.path, created, document))
+        store.save(_record(env, config, device, target, created, document))
         try:
-            deviceinfo.write(target.path, document)
+            deviceinfo.write(target, document)
         except CniError:
             store.restore(env.container_id, env.ifname, previous)
             raise
     if iface is None:
-        log.warning(f"prevResult has no interface for {env.ifname}; pciID goes only into {target.path}")
+        log.warning(f"prevResult has no interface for {env.ifname}; pciID goes only into {target}")
     else:
         iface["pciID"] = device.pci_address
     return result
@@ -76,7 +77,7 @@ def cmd_del(env: Env, config: Config, log: Log) -> None:
         record = store.load(env.container_id, env.ifname)
         if record is None:
             # No record (lost, or ADD never got that far): our own documented file may still be there.
-            path = deviceinfo.target(config.device_info_root, None, config.name, env.container_id, env.ifname).path
+            path = deviceinfo.target(config.device_info_root, None, config.name, env.container_id, env.ifname)
             record = _record(env, config, None, path, created=True)
         _clean_up(record, config, store, log)
 
@@ -94,8 +95,8 @@ def cmd_check(env: Env, config: Config, log: Log) -> None:
     if iface is not None and iface.get("pciID") not in (None, record.pci_address):
         raise CniError(ERR_CHECK_FAILED, f"prevResult gives pciID {iface['pciID']}, ADD recorded {record.pci_address}")
     # Look again, without trusting the pciID we put into the result ourselves.
-    strategies = [s for s in discovery.STRATEGIES if s[1] is not discovery.from_result]
-    found = discovery.discover(_clues(config, iface, env.ifname), _host(config, env, log), strategies)
+    strategies = [(name, find) for name, find in discovery.STRATEGIES if find is not discovery.from_result]
+    found = discovery.discover(_clues(config, iface, env.ifname), _host(config, env), strategies)
     if found.device is None:
         raise CniError(ERR_CHECK_FAILED, f"{env.ifname}'s PCI function is gone: {found.explain()}")
     if found.device.pci_address != record.pci_address:
@@ -129,8 +130,7 @@ def cmd_gc(env: Env, config: Config, log: Log) -> None:
 
 
 def cmd_status(env: Env, config: Config, log: Log) -> None:
-    sysfs = config.sysfs_root or "/sys"
-    pci_devices = os.path.join(sysfs, "bus", "pci", "devices")
+    pci_devices = SysfsPci(config.sysfs_root).devices
     if not os.access(pci_devices, os.R_OK | os.X_OK):
         raise CniError(protocol.ERR_PLUGIN_NOT_AVAILABLE, f"cannot read {pci_devices}")
     for key, folder in (("deviceInfoRoot", config.device_info_root), ("dataDir", config.data_dir)):
@@ -193,7 +193,7 @@ def _clues(config: Config, iface: dict[str, Any] | None, ifname: str) -> discove
     )
 
 
-def _host(config: Config, env: Env, log: Log) -> discovery.Host:
+def _host(config: Config, env: Env) -> discovery.Host:
     # Discovery reads plain sysfs (Host's default view) at every log level; libudev only describes.
     return discovery.Host(
         netns_path=env.netns,
@@ -279,7 +279,7 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Tex
         if raw.get("cniVersion") in protocol.SUPPORTED_VERSIONS:
             cni_version = raw["cniVersion"]
         protocol.require_version(raw.get("cniVersion"), env.command)
-        config = configuration.parse(raw)
+        config = configuration.load(raw)
         log = Log(config.log_level, stream=stderr)
         if config.log_file:
             log.open_file(config.log_file)
@@ -288,19 +288,18 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Tex
         if result is not None:
             protocol.write_json(stdout, result)
         return 0
-    except CniError as err:
+    except Exception as exc:  # every failure, a bug of ours too, is one error object: never a traceback
+        err = _as_cni_error(exc)
         log.error(f"{err.msg} (code {err.code})")
-        protocol.write_json(stdout, err.to_json(cni_version))
-        return 1
-    except OSError as exc:
-        err = CniError(ERR_IO, f"I/O error: {exc}")
-        log.error(err.msg)
-        protocol.write_json(stdout, err.to_json(cni_version))
-        return 1
-    except Exception as exc:  # a bug of ours: still one error object, never a traceback
-        err = CniError(ERR_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
-        log.error(err.msg)
         protocol.write_json(stdout, err.to_json(cni_version))
         return 1
     finally:
         log.close()
+
+
+def _as_cni_error(exc: Exception) -> CniError:
+    if isinstance(exc, CniError):
+        return exc
+    if isinstance(exc, OSError):
+        return CniError(ERR_IO, f"I/O error: {exc}")
+    return CniError(ERR_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")

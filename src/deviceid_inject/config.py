@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 
 from . import __version__, files
-from .protocol import ERR_INVALID_CONFIG, IFNAME_MAX_BYTES, CniError
+from .protocol import ERR_INVALID_CONFIG, CniError, ifname_problem
 
 # Names for annotations only: typing costs milliseconds to import on every ADD.
 TYPE_CHECKING = False
@@ -75,19 +75,17 @@ def schema_errors(raw: dict[str, Any]) -> list[str]:
 
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
-    return [f"{error.json_path}: {error.message}" for error in errors] + _byte_length_errors(raw)
+    return [f"{error.json_path}: {error.message}" for error in errors] + _ifname_errors(raw)
 
 
-def _byte_length_errors(raw: dict[str, Any]) -> list[str]:
-    """The kernel limits interface names in bytes; JSON Schema can only count characters."""
+def _ifname_errors(raw: dict[str, Any]) -> list[str]:
+    """pfNames are interface names: the kernel's rule (protocol.ifname_problem), which JSON Schema
+    cannot state (it counts characters, the kernel bytes)."""
     names = raw.get("pfNames")
     if not isinstance(names, list):
         return []
-    return [
-        f"$.pfNames[{i}]: {name!r} is longer than {IFNAME_MAX_BYTES} bytes"
-        for i, name in enumerate(names)
-        if isinstance(name, str) and len(name.encode()) > IFNAME_MAX_BYTES
-    ]
+    problems = [(i, name, ifname_problem(name)) for i, name in enumerate(names) if isinstance(name, str)]
+    return [f"$.pfNames[{i}]: {name!r} {problem}" for i, name, problem in problems if problem]
 
 
 def _attachment_errors(raw: dict[str, Any]) -> list[str]:
@@ -202,8 +200,10 @@ def validate(raw: dict[str, Any]) -> None:
         raise CniError(ERR_INVALID_CONFIG, "invalid deviceid-inject config: " + "; ".join(errors))
 
 
-def parse(raw: dict[str, Any]) -> Config:
-    """Validate the plugin's keys and build the Config; unknown keys are ignored, as CNI requires."""
+def load(raw: dict[str, Any]) -> Config:
+    """Validate the plugin's keys and build the Config; unknown keys are ignored, as CNI requires.
+    Validation consults the record of configs known valid under dataDir, and a config not known yet
+    is recorded there (see `validate`): this reads and may write files."""
     validate(raw)
     runtime = raw.get("runtimeConfig") or {}
     valid = raw.get("cni.dev/valid-attachments")

@@ -9,7 +9,6 @@ Either way nothing is written outside deviceInfoRoot.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from . import files
 
@@ -26,11 +25,6 @@ SPEC_VERSION = "1.1.0"
 FILE_MODE = 0o444
 # 255 bytes is the file-name limit; the temporary ".<name>.<pid>.tmp" needs 17 more.
 _MAX_NAME_BYTES = 255 - 17
-
-
-@dataclass(frozen=True)
-class Target:
-    path: str
 
 
 def fallback_name(network: str, container_id: str, ifname: str) -> str:
@@ -57,13 +51,14 @@ def _digest(text: str, length: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def target(root: str, given_path: str | None, network: str, container_id: str, ifname: str) -> Target:
+def target(root: str, given_path: str | None, network: str, container_id: str, ifname: str) -> str:
+    """Where the file goes: Multus's path when it gave one, else our documented fallback; inside `root`."""
     if given_path:
         files.require_inside(root, given_path, "CNIDeviceInfoFile")
-        return Target(given_path)
+        return given_path
     path = os.path.join(root, "cni", fallback_name(network, container_id, ifname))
     files.require_inside(root, path, "device-info file")
-    return Target(path)
+    return path
 
 
 def pci_section(device: Device) -> dict[str, str]:

@@ -83,7 +83,7 @@ class Host:
     ) -> None:
         self.netns_path = netns_path
         self.sysfs_root = sysfs_root
-        self.pci = pci or SysfsPci(sysfs_root or "/sys")
+        self.pci = pci or SysfsPci(sysfs_root)
         self.vf_tables = vf_tables or vftable.netlink_tables
         self.pf_names = tuple(pf_names)
         self.vhost_net = vhost_net
@@ -97,13 +97,8 @@ class Host:
     def _look(self, ifname: str) -> netns.NetdevView:
         if self.sysfs_root is None:
             return netns.look_inside(self.netns_path, ifname)
-        link = os.path.join(self.sysfs_root, "class", "net", ifname)
-        if not os.path.lexists(link):
-            return netns.NetdevView(exists=False)
-        device = os.path.join(link, "device")
-        if not os.path.exists(device):
-            return netns.NetdevView(exists=True, problem=f"{link} has no device link: a virtual netdev")
-        return netns.NetdevView(exists=True, device_path=os.path.realpath(device))
+        exists, device_path, problem = netns.read_netdev(self.sysfs_root, ifname)
+        return netns.NetdevView(exists=exists, device_path=device_path, problem=problem)
 
 
 def from_result(clues: Clues, host: Host) -> str:

@@ -20,6 +20,8 @@ import struct
 from _socket import AF_INET, SOCK_DGRAM, socket  # not `socket`: its enum wrappers cost more than the query
 from dataclasses import dataclass
 
+from .pci import SYSFS
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 MS_REC = 0x4000
@@ -31,6 +33,18 @@ ETHTOOL_GDRVINFO = 0x00000003
 _DRVINFO_SIZE = 4 + 32 * 5 + 12 + 4 * 5
 _DRIVER = slice(4, 36)
 _BUS_INFO = slice(4 + 32 * 3, 4 + 32 * 4)
+
+
+def read_netdev(sysfs: str, ifname: str) -> tuple[bool, str | None, str | None]:
+    """(exists, device path, problem) of `ifname` in the class/net of a sysfs tree: the pod's own, mounted
+    in the probe's private mount namespace, or a fixture's (sysfsRoot)."""
+    link = os.path.join(sysfs, "class", "net", ifname)
+    if not os.path.lexists(link):
+        return False, None, None
+    device = os.path.join(link, "device")
+    if not os.path.exists(device):
+        return True, None, f"{link} has no device link: a virtual netdev"
+    return True, os.path.realpath(device), None
 
 
 @dataclass(frozen=True)
@@ -92,23 +106,23 @@ def _inspect(ns_fd: int, ifname: str) -> dict[str, object]:
         return {"exists": False, "problem": f"cannot enter the netns: {why}"}
     view: dict[str, object] = {"exists": False}
     problems = []
-    driver, bus_info, ethtool_problem = _ethtool_drvinfo(ifname)
-    if ethtool_problem is None:
+    try:
+        driver, bus_info = _ethtool_drvinfo(ifname)
         view.update(exists=True, driver=driver or None, bus_info=bus_info or None)
-    elif "No such device" not in ethtool_problem:
-        problems.append(ethtool_problem)
+    except OSError as exc:
+        if exc.errno != errno.ENODEV:  # no such netdev: the sysfs look below says so
+            problems.append(f"ethtool query of {ifname} failed: {exc.strerror}")
     mount_problem = _mount_private_sysfs(libc)
     if mount_problem:
         problems.append(mount_problem)
     else:
-        link = f"/sys/class/net/{ifname}"
-        if os.path.exists(link):
+        exists, device_path, problem = read_netdev(SYSFS, ifname)
+        if exists:
             view["exists"] = True
-            device = os.path.join(link, "device")
-            if os.path.exists(device):
-                view["device_path"] = os.path.realpath(device)
-            else:
-                problems.append(f"{link} has no device link: a virtual netdev")
+        if device_path:
+            view["device_path"] = device_path
+        if problem:
+            problems.append(problem)
     if problems:
         view["problem"] = "; ".join(problems)
     return view
@@ -120,7 +134,7 @@ def _mount_private_sysfs(libc: ctypes.CDLL) -> str | None:
     # Slave, not private: mounts made here must never propagate back to the host.
     if libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
         return f"cannot make / a slave mount: {os.strerror(ctypes.get_errno())}"
-    if libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None) != 0:
+    if libc.mount(b"sysfs", SYSFS.encode(), b"sysfs", 0, None) != 0:
         err = ctypes.get_errno()
         # EBUSY: the kernel refuses to stack a sysfs on itself, so /sys already is this netns's view.
         if err != errno.EBUSY:
@@ -128,20 +142,18 @@ def _mount_private_sysfs(libc: ctypes.CDLL) -> str | None:
     return None
 
 
-def _ethtool_drvinfo(ifname: str) -> tuple[str, str, str | None]:
-    """(driver, bus-info, problem) from ETHTOOL_GDRVINFO, asked inside the current netns."""
+def _ethtool_drvinfo(ifname: str) -> tuple[str, str]:
+    """(driver, bus-info) from ETHTOOL_GDRVINFO, asked inside the current netns; OSError when the
+    query fails (ENODEV: no such netdev)."""
     request = bytearray(struct.pack("I", ETHTOOL_GDRVINFO) + bytes(_DRVINFO_SIZE - 4))
     buffer = (ctypes.c_char * _DRVINFO_SIZE).from_buffer(request)
     ifreq = struct.pack("16sP16x", ifname.encode(), ctypes.addressof(buffer))
+    sock = socket(AF_INET, SOCK_DGRAM)
     try:
-        sock = socket(AF_INET, SOCK_DGRAM)
-        try:
-            fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
-        finally:
-            sock.close()
-    except OSError as exc:
-        return "", "", f"ethtool query of {ifname} failed: {exc.strerror}"
-    return _cstr(request[_DRIVER]), _cstr(request[_BUS_INFO]), None
+        fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    finally:
+        sock.close()
+    return _cstr(request[_DRIVER]), _cstr(request[_BUS_INFO])
 
 
 def _cstr(raw: bytes) -> str:

@@ -45,14 +45,21 @@ class Description:
     device: str | None
 
 
+SYSFS = "/sys"  # where the kernel's sysfs is mounted, on the host and in the pod's private mount
+
+
 class SysfsPci:
     """The PCI tree under `<root>/bus/pci/devices`, and host netdevs under `<root>/class/net`."""
 
-    def __init__(self, root: str = "/sys") -> None:
-        self.root = root
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root or SYSFS
+
+    @property
+    def devices(self) -> str:
+        return os.path.join(self.root, "bus", "pci", "devices")
 
     def path(self, address: str) -> str:
-        return os.path.join(self.root, "bus", "pci", "devices", address)
+        return os.path.join(self.devices, address)
 
     def pci_parent(self, device_path: str) -> str | None:
         """The PCI function a device path belongs to (itself, or a virtio device's parent)."""

@@ -22,8 +22,6 @@ COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 
 # Error codes from the CNI spec; 100 and up are ours.
 ERR_INCOMPATIBLE_VERSION = 1
-ERR_UNSUPPORTED_FIELD = 2
-ERR_UNKNOWN_CONTAINER = 3
 ERR_INVALID_ENV = 4
 ERR_IO = 5
 ERR_DECODE = 6
@@ -107,14 +105,22 @@ def _is_utf8(value: str) -> bool:
     return True
 
 
-def check_ifname(name: str, what: str) -> None:
-    """Apply the kernel's interface-name rules, as libcni does."""
+def ifname_problem(name: str) -> str | None:
+    """What breaks the kernel's interface-name rules (as libcni applies them), or None: the one
+    statement of the rule, for CNI_IFNAME, the config's pfNames and the command line's --ifname."""
+    if not name or name in (".", ".."):
+        return "is not a valid interface name"
     if len(name.encode()) > IFNAME_MAX_BYTES:
-        raise CniError(ERR_INVALID_ENV, f"{what} {name!r} is longer than {IFNAME_MAX_BYTES} bytes")
-    if name in (".", ".."):
-        raise CniError(ERR_INVALID_ENV, f"{what} {name!r} is not a valid interface name")
-    if any(c in name for c in "/:") or any(c.isspace() for c in name):
-        raise CniError(ERR_INVALID_ENV, f"{what} {name!r} must not contain '/', ':' or whitespace")
+        return f"is longer than {IFNAME_MAX_BYTES} bytes"
+    if any(c in name for c in "/:\0") or any(c.isspace() for c in name):
+        return "must not contain '/', ':', NUL or whitespace"
+    return None
+
+
+def check_ifname(name: str, what: str) -> None:
+    problem = ifname_problem(name)
+    if problem:
+        raise CniError(ERR_INVALID_ENV, f"{what} {name!r} {problem}")
 
 
 def _require(value: str, name: str) -> None:

@@ -14,7 +14,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from . import files
 from .protocol import ERR_TRY_AGAIN, CniError
@@ -124,29 +124,23 @@ class Store:
         return found
 
 
-_FIELD_TYPES = {
-    "container_id": (str,),
-    "ifname": (str,),
-    "network": (str,),
-    "pci_address": (str, type(None)),
-    "strategy": (str, type(None)),
-    "device_info_file": (str, type(None)),
-    "created_file": (bool,),
+# What each annotation of Record's fields admits on disk (the dataclass is the one statement of the
+# types; a field of a new type fails here, at import, until it is named).
+_ADMITS = {
+    "str": (str,),
+    "bool": (bool,),
+    "str | None": (str, type(None)),
+    "dict[str, Any] | None": (dict, type(None)),
 }
-_OPTIONAL_FIELD_TYPES = {
-    "pod_namespace": (str, type(None)),
-    "pod_name": (str, type(None)),
-    "pod_uid": (str, type(None)),
-    "device_info": (dict, type(None)),
-}
+_TYPES = {f.name: _ADMITS[f.type] for f in fields(Record)}
+_REQUIRED = {f.name for f in fields(Record) if f.default is MISSING}  # fields added later have defaults
 
 
 def _record_from(raw: object) -> Record | None:
     """A Record from what was on disk, or None when it is not one of ours (edited, truncated)."""
-    if not isinstance(raw, dict) or not set(_FIELD_TYPES) <= set(raw) <= set(_FIELD_TYPES) | set(_OPTIONAL_FIELD_TYPES):
+    if not isinstance(raw, dict) or not _REQUIRED <= set(raw) <= set(_TYPES):
         return None
-    types = {**_FIELD_TYPES, **_OPTIONAL_FIELD_TYPES}
-    if not all(isinstance(value, types[key]) for key, value in raw.items()):
+    if not all(isinstance(value, _TYPES[key]) for key, value in raw.items()):
         return None
     return Record(**raw)
 

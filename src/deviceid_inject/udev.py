@@ -45,4 +45,4 @@ def describer(sysfs_root: str | None, log: Log) -> UdevDescriber | SysfsPci:
         return UdevDescriber()
     except (ImportError, OSError) as exc:
         log.debug(f"libudev not usable ({exc}); describing from /sys directly")
-        return SysfsPci("/sys")
+        return SysfsPci()
