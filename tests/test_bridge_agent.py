@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
@@ -382,16 +383,79 @@ def alive_within(bridge: Bridge, seconds: float) -> list[bool]:
     return samples
 
 
-def test_a_quiet_node_stays_alive(data_dir: Path):
-    """Watches that end with nothing in them, for four times `stale_after`: alive throughout,
-    because each new watch is progress of the loop."""
-    client = BlockingClient([pod("10", status=None)], [], block="nothing")
-    bridge, stop = running(client, data_dir, stale_after=0.5)
+class QuietApiServer:
+    """An API server of a node where nothing happens, on loopback plain HTTP, at the one seam the
+    real client has: it answers the list of Pods with none, and each watch with nothing, ended
+    after `watch_seconds` as the real one ends a watch after its timeoutSeconds."""
+
+    def __init__(self, watch_seconds: float) -> None:
+        self.watches = 0
+        quiet = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if "watch=true" in self.path:
+                    quiet.watches += 1
+                    time.sleep(watch_seconds)
+                    body = b""
+                else:
+                    body = json.dumps(
+                        {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "10"}, "items": []}
+                    ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kubeconfig(self, path: Path) -> Path:
+        server = f"http://127.0.0.1:{self.server.server_address[1]}"
+        path.write_text(
+            json.dumps(
+                {
+                    "clusters": [{"name": "c", "cluster": {"server": server}}],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "x",
+                }
+            )
+        )
+        return path
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_quiet_node_stays_alive_with_the_real_client(tmp_path: Path):
+    """lightkube's watch sends the next request by itself whenever the server ends one, never
+    coming back to our loop: on a quiet node the watch loop's progress is those requests. Over four
+    times `stale_after` of watches that end with nothing in them, the agent stays alive."""
+    quiet = QuietApiServer(watch_seconds=0.1)
+    stream = io.StringIO()
+    settings = Settings(
+        node=NODE, data_dir=str(tmp_path), kubeconfig=str(quiet.kubeconfig(tmp_path / "kubeconfig")), stale_after=0.5
+    )
+    bridge = agent.connect(settings, Metrics(), Log("debug", stream))
+    stop = threading.Event()
+    threading.Thread(target=bridge.run, args=(stop,), daemon=True).start()
     try:
-        assert all(alive_within(bridge, 2.0))
-        assert len(client.watched_from) > 10
+        assert bridge.synced.wait(10), stream.getvalue()
+        assert all(alive_within(bridge, 2.0)), bridge.health.alive()
+        assert quiet.watches > 10
+        assert "API server:" not in stream.getvalue()  # no error: the loop only ever sat in one watch() call
     finally:
         stop.set()
+        quiet.close()
 
 
 @pytest.mark.parametrize("wedged", ["watch", "patch"])

@@ -159,13 +159,14 @@ class Bridge:
         self.health.accepted()
         now = time.monotonic()
         with self.lock:
+            gone = set(self.pods)  # deleted while the watch was away: the worker lets them go
             self.pods = {pod.metadata.uid: pod for pod in pods}
-            for uid in self.pods:
-                self._since.setdefault(uid, now)
+            gone -= set(self.pods)
+            self._since = {uid: self._since.get(uid, now) for uid in self.pods}
             self.metrics.pods.set(len(self.pods))
         self.log.info(f"listed {len(pods)} pods on node {self.settings.node}")
-        for pod in pods:
-            self.queue.add(pod.metadata.uid)
+        for uid in [*gone, *(pod.metadata.uid for pod in pods)]:
+            self.queue.add(uid)
         self.health.synced.set()
         return listing.resourceVersion
 
@@ -182,7 +183,7 @@ class Bridge:
                 self.pods.pop(uid, None)
                 self._since.pop(uid, None)
                 count = len(self.pods)
-            self.queue.forget(uid)
+            self.queue.add(uid)  # the worker finds no Pod and forgets what it kept of it
         else:
             return
         self.metrics.pods.set(count)
@@ -225,7 +226,7 @@ class Bridge:
         with self.lock:
             pod = self.pods.get(uid)
             seen = self._since.pop(uid, None)
-        if pod is None:  # deleted since it was queued
+        if pod is None:  # deleted
             self.queue.forget(uid)
             self._refused.pop(uid, None)
             return uid
@@ -374,6 +375,24 @@ def _describe(err: Exception) -> str:
 
 def _annotations(pod: Pod) -> dict[str, str]:
     return pod.metadata.annotations or {}
+
+
+def connect(settings: Settings, metrics: Metrics, log: Log) -> Bridge:
+    """The bridge with its client: from the kubeconfig given, else the Pod's service account."""
+    client = client_for(settings)
+    bridge = Bridge(settings, client, metrics, log)
+    # lightkube's watch sends the next request by itself each time the server ends one (every
+    # WATCH_SECONDS on a quiet node), without coming back to our loop: each new watch request is
+    # progress of the watch loop. httpx calls request hooks in the thread that sends.
+    hooks = client._client._client.event_hooks
+    hooks["request"].append(lambda request: _beat_on_watch(request, bridge.health))
+    client._client._client.event_hooks = hooks
+    return bridge
+
+
+def _beat_on_watch(request: httpx.Request, health: Health) -> None:
+    if request.url.params.get("watch") == "true":
+        health.beat("watch")
 
 
 def client_for(settings: Settings) -> Client:

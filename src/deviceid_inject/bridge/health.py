@@ -1,8 +1,9 @@
 """What /healthz and /readyz answer, from the bridge's own loops.
 
 Liveness: each loop (the watch, the worker) beats whenever it makes progress, and only then. The
-watch beats on every event, every new watch (the server ends each one after WATCH_SECONDS, so a
-quiet node's watch still comes round) and every retry while the API server is away; the worker
+watch beats on every event, every new watch request (the server ends each watch after
+WATCH_SECONDS and the client sends the next, so a quiet node's watch still comes round) and every
+retry while the API server is away; the worker
 beats on every Pod it takes and every second it waits for one. A loop that died, or is wedged in
 one call, stops beating: after `stale_after` seconds /healthz says so and the kubelet restarts
 the agent. An API server that is away does not make the agent unhealthy (a restart would not
@@ -43,7 +44,7 @@ class Health:
             beats = sorted(self._beats.items())
         stale = [f"{loop} ({now - beat:.0f} s)" for loop, beat in beats if now - beat >= self.stale_after]
         if stale:
-            return False, f"no progress for more than {self.stale_after:.0f} s: {', '.join(stale)}"
+            return False, f"no progress for more than {self.stale_after:g} s: {', '.join(stale)}"
         return True, "ok"
 
     def refused(self, why: str) -> None:

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace, log: Log) -> int:
     # should not pay for the Kubernetes client.
     from lightkube.core.exceptions import ConfigError
 
-    from .agent import Bridge, Settings, client_for
+    from .agent import Settings, connect
     from .metrics import Metrics, serve
 
     node = args.node or os.environ.get("NODE_NAME", "")
@@ -61,13 +61,12 @@ def run(args: argparse.Namespace, log: Log) -> int:
         resync=args.resync,
         legacy_networks_status=args.legacy_networks_status,
     )
+    metrics = Metrics()
     try:
-        client = client_for(settings)
+        bridge = connect(settings, metrics, log)
     except (ConfigError, OSError, ValueError) as err:
         log.error(f"bridge: no usable API configuration ({args.kubeconfig or 'in-cluster'}): {err}")
         return EXIT_USAGE
-    metrics = Metrics()
-    bridge = Bridge(settings, client, metrics, log)
     try:
         server = serve((host, int(port)), metrics, bridge.health)
     except OSError as err:
