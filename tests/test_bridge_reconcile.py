@@ -324,6 +324,12 @@ def test_a_change_that_would_exceed_the_annotation_limit_is_refused_before_the_a
     assert refused.value.reason == "too-large"
 
 
+def test_a_value_larger_than_any_pods_annotations_is_not_scanned():
+    with pytest.raises(reconcile.Refused) as refused:
+        with_device_info("[" + " " * reconcile.ANNOTATIONS_LIMIT + "]", [Known(record(), 1)])
+    assert refused.value.reason == "too-large"
+
+
 def test_two_entries_claiming_our_interface_are_left_alone_unless_one_names_our_network():
     other = {"name": "ran/other", "interface": "net1"}
     assert with_device_info(status(other, {**other, "name": "ran/third"}), [Known(record(), 1)]) is None

@@ -151,9 +151,12 @@ def with_device_info(raw: str | None, known: Sequence[Known]) -> str | None:
     carry device-info (a device plugin's, the selection route's) and entries of no record are left
     alone; so is an interface that two entries without device-info claim, unless the network one
     of them names is that of a record (a writer that confused them: never guess). Raises Refused
-    when `raw` is not a JSON array or is nested deeper than MAX_DEPTH."""
+    when `raw` is not a JSON array, is nested deeper than MAX_DEPTH or is larger than
+    ANNOTATIONS_LIMIT."""
     if not raw or not known:
         return None
+    if len(raw) > ANNOTATIONS_LIMIT:  # no API server holds it; never scanned
+        raise Refused("too-large", f"network-status holds {len(raw)} characters, more than any Pod's annotations")
     try:
         found = entries(raw, MAX_DEPTH)
     except NotUnderstood as err:
