@@ -248,6 +248,43 @@ def test_the_worker_looks_at_the_newest_object_of_a_pod(data_dir: Path):
     assert patch["metadata"]["resourceVersion"] == "13"
 
 
+def counting_refreshes(bridge: Bridge) -> list[int]:
+    reads: list[int] = []
+    real = bridge.index.refresh
+    bridge.index.refresh = lambda: reads.append(1) or real()
+    return reads
+
+
+def test_the_records_are_read_once_for_a_burst_of_pods_and_once_per_resync(tmp_path: Path):
+    pods = [pod("10", uid=f"uid-{i}", name=f"upf-{i}") for i in range(20)]
+    for i in range(20):
+        Store(str(tmp_path)).save(record(f"uid-{i}", f"upf-{i}", f"sandbox{i}"))
+    client = FakeClient(pods, [[]])
+    bridge, _ = make_bridge(client, tmp_path)
+    reads = counting_refreshes(bridge)
+    bridge.watch(client.stop)
+    drain(bridge)
+    assert len(client.patched) == 20
+    assert len(reads) == 1
+    bridge.resync()
+    drain(bridge)
+    assert len(reads) == 2
+
+
+def test_a_record_written_just_before_its_event_is_found(tmp_path: Path):
+    """The plugin writes the record, then Multus writes network-status: the records are read
+    again for the event that follows, even right after they were read for another Pod."""
+    client = FakeClient([pod("10")], [[]])
+    bridge, _ = make_bridge(client, tmp_path)
+    bridge.watch(client.stop)
+    drain(bridge)  # the records read: none yet
+    assert client.attempts == []
+    Store(str(tmp_path)).save(record())
+    bridge._event("MODIFIED", pod("11"))  # what the watch does with Multus's write
+    drain(bridge)
+    assert client.patched == ["upf-0"]
+
+
 # --- one Pod's trouble is that Pod's (issue 15, defects 1 and 2) ---------------------------------------
 
 

@@ -99,7 +99,10 @@ class Bridge:
     _since: dict[str, float] = field(default_factory=dict)
     # The resourceVersion of each Pod last left alone (Refused), so each version is logged once.
     _refused: dict[str, str] = field(default_factory=dict)
-    # `pods` and `_since` are written by the watch thread and read by the worker: one at a time.
+    # Whether an event arrived since the index was last read: the plugin writes a record before
+    # Multus writes network-status, so an index read after that event's arrival has the record.
+    _index_stale: bool = True
+    # `pods`, `_since` and `_index_stale` are written by the watch thread and read by the worker.
     lock: threading.Lock = field(default_factory=threading.Lock)
     clock: Callable[[], float] = time.monotonic  # of liveness and the Pods' retries (tests pass their own)
 
@@ -163,6 +166,7 @@ class Bridge:
             self.pods = {pod.metadata.uid: pod for pod in pods}
             gone -= set(self.pods)
             self._since = {uid: self._since.get(uid, now) for uid in self.pods}
+            self._index_stale = True
             self.metrics.pods.set(len(self.pods))
         self.log.info(f"listed {len(pods)} pods on node {self.settings.node}")
         for uid in [*gone, *(pod.metadata.uid for pod in pods)]:
@@ -176,6 +180,7 @@ class Bridge:
             with self.lock:
                 self.pods[uid] = pod
                 self._since.setdefault(uid, time.monotonic())
+                self._index_stale = True
                 count = len(self.pods)
             self.queue.add(uid)
         elif kind == "DELETED":
@@ -259,7 +264,12 @@ class Bridge:
         for uid in due:
             self.queue.add(uid)
 
-    def _refresh(self) -> None:
+    def _refresh(self, only_if_stale: bool = False) -> None:
+        """Read the records again (with `only_if_stale`, only if an event arrived since the last read)."""
+        with self.lock:
+            if only_if_stale and not self._index_stale:
+                return
+            self._index_stale = False
         for problem in self.index.refresh():
             self.metrics.errors.labels(kind="record").inc()
             self.log.warning(f"records: {problem}")
@@ -274,7 +284,7 @@ class Bridge:
             return False  # the field selector should make this impossible; never touch another node's
         if NETWORK_STATUS not in _annotations(pod):
             return False
-        self._refresh()
+        self._refresh(only_if_stale=True)
         key = PodKey.of(pod)
         for _ in range(PATCH_ATTEMPTS):
             try:
