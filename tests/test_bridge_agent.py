@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from decimal import Decimal
@@ -285,6 +286,31 @@ def test_a_record_written_just_before_its_event_is_found(tmp_path: Path):
     assert client.patched == ["upf-0"]
 
 
+def test_a_pod_that_needs_nothing_is_looked_at_again_only_when_it_or_its_records_change(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    done = json.dumps([{"name": "ran/n6", "interface": "net1", "device-info": VF}])
+    client = FakeClient([pod("10", status=done)], [[]])
+    bridge, _ = make_bridge(client, data_dir)
+    looks: list[str] = []
+    real = agent.changes
+    monkeypatch.setattr(agent, "changes", lambda annotations, *args: looks.append("x") or real(annotations, *args))
+    bridge.watch(client.stop)
+    drain(bridge)
+    bridge.resync()
+    drain(bridge)
+    assert len(looks) == 1  # the resync found it settled
+    bridge._event("MODIFIED", pod("11", status=done))
+    drain(bridge)
+    assert len(looks) == 2  # a new version of the Pod
+    path = Path(Store(str(data_dir)).path("sandbox1", "net1"))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))
+    bridge.resync()
+    drain(bridge)
+    assert len(looks) == 3  # its record changed
+    assert client.attempts == []
+
+
 # --- one Pod's trouble is that Pod's (issue 15, defects 1 and 2) ---------------------------------------
 
 
@@ -308,8 +334,6 @@ def test_a_pod_nested_3000_levels_deep_costs_only_that_pod(data_dir: Path):
 def test_odd_files_in_the_data_dir_cost_only_themselves(data_dir: Path):
     """A directory, a FIFO and a symlink where records should be: each is reported once and
     skipped, and the Pods' real records still count."""
-    import os
-
     for name, make in (("dir", os.mkdir), ("fifo", os.mkfifo), ("link", lambda p: os.symlink("/etc/hostname", p))):
         (data_dir / name).mkdir()
         make(str(data_dir / name / "net1.json"))

@@ -97,8 +97,9 @@ class Bridge:
     pods: dict[str, Pod] = field(default_factory=dict)  # by UID: the newest object seen of each Pod here
     # When the watch first showed each queued Pod, for the latency histogram.
     _since: dict[str, float] = field(default_factory=dict)
-    # The resourceVersion of each Pod last left alone (Refused), so each version is logged once.
-    _refused: dict[str, str] = field(default_factory=dict)
+    # Per Pod, the (resourceVersion, its records) last found to need nothing, or left alone: looked
+    # at again only when one of them changed, so a resync costs nothing and a refusal is logged once.
+    _settled: dict[str, tuple[str, tuple[tuple[str, str, int], ...]]] = field(default_factory=dict)
     # Whether an event arrived since the index was last read: the plugin writes a record before
     # Multus writes network-status, so an index read after that event's arrival has the record.
     _index_stale: bool = True
@@ -233,7 +234,7 @@ class Bridge:
             seen = self._since.pop(uid, None)
         if pod is None:  # deleted
             self.queue.forget(uid)
-            self._refused.pop(uid, None)
+            self._settled.pop(uid, None)
             return uid
         try:
             self.reconcile(pod, seen=time.monotonic() if seen is None else seen)
@@ -287,12 +288,22 @@ class Bridge:
         self._refresh(only_if_stale=True)
         key = PodKey.of(pod)
         for _ in range(PATCH_ATTEMPTS):
+            known = self.index.for_pod(key.uid)
+            settled = (
+                pod.metadata.resourceVersion or "",
+                tuple((k.record.container_id, k.record.ifname, k.written_ns) for k in known),
+            )
+            if self._settled.get(key.uid) == settled:
+                return False
             try:
-                wanted = changes(_annotations(pod), self.index.for_pod(key.uid), self.settings.legacy_networks_status)
+                wanted = changes(_annotations(pod), known, self.settings.legacy_networks_status)
             except Refused as err:
-                self._left_alone(key, pod, err)
+                self._settled[key.uid] = settled
+                self.metrics.skipped.labels(reason=err.reason).inc()
+                self.log.warning(f"{key}: left alone: {err}")
                 return False
             if not wanted:
+                self._settled[key.uid] = settled
                 return False
             try:
                 written = self._patch_all(key, pod, wanted)
@@ -339,14 +350,6 @@ class Bridge:
         if alone:
             self._patch(key, pod, alone)
         return alone
-
-    def _left_alone(self, key: PodKey, pod: Pod, err: Refused) -> None:
-        version = pod.metadata.resourceVersion or ""
-        if self._refused.get(key.uid) == version:
-            return
-        self._refused[key.uid] = version
-        self.metrics.skipped.labels(reason=err.reason).inc()
-        self.log.warning(f"{key}: left alone: {err}")
 
     def _get(self, key: PodKey) -> Pod | None:
         """The Pod as it is now, or None when it is gone or is another Pod under the same name."""
