@@ -371,7 +371,7 @@ def run(args: argparse.Namespace) -> str:
         conflicts = agent.metric("deviceid_inject_bridge_conflicts_total")
         errors = sum(
             agent.metric("deviceid_inject_bridge_errors_total", f'{{kind="{k}"}}')
-            for k in ("api", "patch", "conflict-retries")
+            for k in ("api", "patch", "conflict-retries", "pod", "record")
         )
         idle_after, _ = measure_window(pid, idle, args.idle)
 

@@ -6,6 +6,7 @@ and the agent itself as a process of the implementation under test.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -13,6 +14,8 @@ import subprocess
 import threading
 import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,9 @@ DEPLOY = REPO / "deploy"
 ACCOUNT_NAMESPACE = "kube-system"
 ACCOUNT = "deviceid-inject-bridge"
 USERNAME = f"system:serviceaccount:{ACCOUNT_NAMESPACE}:{ACCOUNT}"
+MERGE = "application/merge-patch+json"
+NETWORK_STATUS_KEY = "k8s.v1.cni.cncf.io/network-status"
+NETWORKS_STATUS_KEY = "k8s.v1.cni.cncf.io/networks-status"
 NODES = ("node-a", "node-b")
 # The 16 VFs of the vf-iavf fixture: a Pod's NAD names one, so a swap between Pods shows.
 VFS = [f"0000:3b:0{1 + i // 8}.{i % 8}" for i in range(16)]
@@ -47,9 +53,10 @@ def install(kube: ApiServer) -> None:
     apply(api, manifests("bridge-rbac.yaml") + manifests("bridge-policy.yaml"))
 
 
-def agent_pod(api: Api, node_name: str) -> dict[str, Any]:
-    """The DaemonSet's Pod on `node_name`, as far as the API server needs one to bind a token to."""
-    name = f"bridge-{node_name}"
+def agent_pod(api: Api, node_name: str, name: str | None = None) -> dict[str, Any]:
+    """The DaemonSet's Pod on `node_name` (or another Pod of the account there, `name`), as far as
+    the API server needs one to bind a token to."""
+    name = name or f"bridge-{node_name}"
     path = f"/api/v1/namespaces/{ACCOUNT_NAMESPACE}/pods"
     with contextlib.suppress(Exception):
         return api.get(f"{path}/{name}")
@@ -66,10 +73,57 @@ def agent_pod(api: Api, node_name: str) -> dict[str, Any]:
     return api.post(path, body)
 
 
-def agent_api(kube: ApiServer, node_name: str) -> Api:
-    """The bridge's identity on `node_name`: a service-account token bound to its Pod there."""
+def agent_api(kube: ApiServer, node_name: str, pod_name: str | None = None) -> Api:
+    """The bridge's identity on `node_name`: a service-account token bound to its Pod there (or to
+    the Pod `pod_name`: deleting that Pod revokes the token)."""
     admin = kube.api()
-    return kube.api(service_account_token(admin, ACCOUNT_NAMESPACE, ACCOUNT, agent_pod(admin, node_name)))
+    return kube.api(service_account_token(admin, ACCOUNT_NAMESPACE, ACCOUNT, agent_pod(admin, node_name, pod_name)))
+
+
+# The binding that keeps --legacy-networks-status off (deploy/bridge-policy.yaml).
+NO_LEGACY_BINDING = "deviceid-inject-bridge-no-networks-status"
+BINDINGS = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"
+
+
+@contextlib.contextmanager
+def networks_status_allowed(kube: ApiServer, agent: Api, probe_pod_path: str) -> Iterator[None]:
+    """deploy/'s binding that forbids networks-status deleted, as an operator turning
+    --legacy-networks-status on does; put back afterwards, also when the test failed. Waits until
+    the API server lets the bridge write networks-status as a copy of network-status (probing on
+    `probe_pod_path`, a Pod of its node for this alone), and afterwards until it refuses it again."""
+    admin = kube.api()
+    binding = next(
+        d
+        for d in manifests("bridge-policy.yaml")
+        if d["kind"] == "ValidatingAdmissionPolicyBinding" and d["metadata"]["name"] == NO_LEGACY_BINDING
+    )
+    admin.delete(f"{BINDINGS}/{NO_LEGACY_BINDING}")
+    try:
+        _wait_for_copy(agent, probe_pod_path, allowed=True)
+        yield
+    finally:
+        apply(admin, [binding])
+        _wait_for_copy(agent, probe_pod_path, allowed=False)
+
+
+def copy_of_network_status(pod: dict[str, Any]) -> dict[str, Any]:
+    """A pods/status merge patch that makes networks-status equal to the Pod's network-status."""
+    value = pod["metadata"]["annotations"][NETWORK_STATUS_KEY]
+    return {"metadata": {"annotations": {NETWORKS_STATUS_KEY: value}}}
+
+
+def _wait_for_copy(agent: Api, pod_path: str, allowed: bool) -> None:
+    """Until a new value of both keys is allowed (or refused): bindings take a moment to reach the
+    admission plugin."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        value = json.dumps([{"probe": uuid.uuid4().hex}])
+        both = {"metadata": {"annotations": {NETWORK_STATUS_KEY: value, NETWORKS_STATUS_KEY: value}}}
+        code = agent.status_code("PATCH", f"{pod_path}/status", both, MERGE)
+        if code == (200 if allowed else 403):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the API server did not {'allow' if allowed else 'refuse'} networks-status within 30 s")
 
 
 def wait_for_policy(kube: ApiServer, agent: Api, foreign_pod_path: str) -> None:
@@ -77,7 +131,7 @@ def wait_for_policy(kube: ApiServer, agent: Api, foreign_pod_path: str) -> None:
     deadline = time.monotonic() + 30
     body = {"metadata": {"labels": {"policy-probe": "1"}}}
     while time.monotonic() < deadline:
-        code = agent.status_code("PATCH", f"{foreign_pod_path}/status", body, "application/merge-patch+json")
+        code = agent.status_code("PATCH", f"{foreign_pod_path}/status", body, MERGE)
         if code == 403 or code == 422:
             return
         time.sleep(0.2)
@@ -93,6 +147,7 @@ class BridgeProcess:
     data_dir: Path
     node: str = "node-a"
     resync: float = 1.0
+    extra: tuple[str, ...] = ()  # more flags, e.g. --legacy-networks-status
     proc: subprocess.Popen | None = None
     port: int = 0
     lines: list[str] = field(default_factory=list)
@@ -107,6 +162,7 @@ class BridgeProcess:
             "--listen", "127.0.0.1:0",
             "--resync", str(self.resync),
             "--log-level", "debug",
+            *self.extra,
         ]  # fmt: skip
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **passed_through()}
         self.lines = []

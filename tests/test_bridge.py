@@ -6,6 +6,7 @@ privilege deploy/ gives it, proven refusal by refusal against the real API serve
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -15,18 +16,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from bridge import USERNAME, VFS, BridgeProcess, agent_api, device_info, install, wait_for_policy
+from bridge import (
+    MERGE,
+    USERNAME,
+    VFS,
+    BridgeProcess,
+    agent_api,
+    copy_of_network_status,
+    device_info,
+    install,
+    networks_status_allowed,
+    wait_for_policy,
+)
 from helpers import NET1_DEVICE_INFO, Impl
 from kube import Api, ApiError, ApiServer, jwt_claims, network_status, service_account_token
 from multus import NODE, Sandbox, Scene, host_device
 
-from deviceid_inject.bridge.reconcile import NETWORK_STATUS
+from deviceid_inject.bridge.reconcile import ANNOTATIONS_LIMIT, NETWORK_STATUS, NETWORKS_STATUS
 from deviceid_inject.state import Record, Store
 
 pytestmark = [pytest.mark.netns, pytest.mark.multus]
 
 OTHER_NODE = "node-b"
-MERGE = "application/merge-patch+json"
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +53,13 @@ def start_bridge(
 ) -> Iterator[Callable[..., BridgeProcess]]:
     """Start the agent of the implementation under test for node-a over the scene's dataDir, with
     the bridge's own token; every agent started is stopped afterwards."""
-    kubeconfig = agent_identity.kubeconfig(tmp_path / "bridge.kubeconfig", user="bridge")
     started: list[BridgeProcess] = []
 
-    def start(**options: Any) -> BridgeProcess:
+    def start(identity: Api | None = None, **options: Any) -> BridgeProcess:
+        """`identity`: another token for the bridge than its Pod's on node-a."""
+        kubeconfig = (identity or agent_identity).kubeconfig(
+            tmp_path / f"bridge-{len(started)}.kubeconfig", user="bridge"
+        )
         agent = BridgeProcess(list(impl.command), kubeconfig, scene.data_dir, **options)
         started.append(agent)
         agent.start()
@@ -87,6 +101,40 @@ def device_info_of(scene: Scene, name: str) -> dict[str, Any] | None:
     return entry_of(scene, name).get("device-info")
 
 
+def assert_one_insertion(before: str, after: str, device: dict[str, Any] = NET1_DEVICE_INFO) -> None:
+    """`after` is `before` with one piece inserted: `,"device-info": <device>` in some whitespace."""
+    start = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), len(before))
+    inserted = after[start : start + len(after) - len(before)]
+    assert after[:start] + after[start + len(inserted) :] == before, (before, after)
+    assert json.loads('{"_": 0' + inserted + "}") == {"_": 0, "device-info": device}, inserted
+
+
+def our_record(scene: Scene, box: Sandbox, vf: str, network: str = "n6-x") -> None:
+    """The record ADD would have left for the Pod's net1, written straight into the scene's dataDir."""
+    Store(str(scene.data_dir)).save(
+        Record(
+            container_id=box.container_id,
+            ifname="net1",
+            network=network,
+            pci_address=vf,
+            strategy="netdev sysfs",
+            device_info_file=None,
+            created_file=False,
+            pod_namespace=scene.ns,
+            pod_name=box.name,
+            pod_uid=box.uid,
+            device_info=device_info(vf),
+        )
+    )
+
+
+def with_status(scene: Scene, name: str, raw: str, vf: str, **annotations: str) -> Sandbox:
+    """A Pod of node-a whose network-status another writer left as `raw`, with a record of ours."""
+    box = scene.sandbox(name, "n6-x", **{NETWORK_STATUS: raw}, **annotations)
+    our_record(scene, box, vf)
+    return box
+
+
 # --- the main flow ----------------------------------------------------------------------------------
 
 
@@ -117,9 +165,14 @@ def test_device_info_appears_after_multus_writes_and_nothing_else_changes(scene:
 def test_a_bridge_started_later_catches_up_and_restarts_cleanly(scene: Scene, start_bridge):
     first = attach(scene, "early", VFS[0])
     assert "device-info" not in entry_of(scene, "early")
+    multus_wrote = scene.read_pod("early")["metadata"]["annotations"][NETWORK_STATUS]
     agent = start_bridge()
     wait_for(lambda: device_info_of(scene, "early"), why="catch-up after start\n" + agent.log())
     assert device_info_of(scene, "early") == device_info(VFS[0])
+    # Multus's text byte for byte, one member inserted in its style (issue 15, defect 4)
+    assert_one_insertion(
+        multus_wrote, scene.read_pod("early")["metadata"]["annotations"][NETWORK_STATUS], device_info(VFS[0])
+    )
     assert first.uid in agent.log()
 
     assert agent.stop() == 0  # SIGTERM ends it cleanly
@@ -261,6 +314,164 @@ def test_a_hundred_pods_attached_in_parallel_all_get_their_own(scene: Scene, sta
     assert agent.metric("deviceid_inject_bridge_errors_total", '{kind="patch"}') == 0
 
 
+# --- one Pod's bad data, odd files, other writers' bytes (issue 15) ----------------------------------
+
+DEEP = '[{"interface":"net1","x":' + "[" * 3000 + "]" * 3000 + "}]"
+
+
+def test_a_pod_whose_network_status_nests_3000_deep_costs_only_that_pod(scene: Scene, start_bridge):
+    """Defect 1: the value raised RecursionError on the first list and ended both threads, for every
+    Pod of the node, and again after every restart. Now the agent is ready, the Pod is left alone
+    (named, counted once), and every other Pod is served."""
+    bad = with_status(scene, "deep", DEEP, VFS[12])
+    agent = start_bridge()  # ready: the first list is over, the deep value in it
+    attach(scene, "control", VFS[13])
+    wait_for(lambda: device_info_of(scene, "control"), why="the control Pod\n" + agent.log())
+    assert scene.read_pod("deep")["metadata"]["annotations"][NETWORK_STATUS] == DEEP
+    assert f"{scene.ns}/deep (uid {bad.uid}): left alone: network-status is not one we understand" in agent.log()
+    assert agent.metric("deviceid_inject_bridge_skipped_total", '{reason="unparsable"}') == 1
+    assert agent.get("/healthz")[0] == 200 and agent.get("/readyz")[0] == 200
+    assert agent.stop() == 0
+    agent = start_bridge()  # and after a restart, the same
+    attach(scene, "control-2", VFS[14])
+    wait_for(lambda: device_info_of(scene, "control-2"), why="after a restart\n" + agent.log())
+
+
+def test_odd_files_in_the_data_dir_cost_only_themselves(scene: Scene, start_bridge):
+    """Defect 2: a directory, a FIFO or a symlink named <id>/net1.json made the record read raise
+    and ended both threads."""
+    scene.data_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("odd-dir", "odd-fifo", "odd-link"):
+        (scene.data_dir / name).mkdir()
+    os.mkdir(scene.data_dir / "odd-dir" / "net1.json")
+    os.mkfifo(scene.data_dir / "odd-fifo" / "net1.json")
+    os.symlink("/etc/hostname", scene.data_dir / "odd-link" / "net1.json")
+    agent = start_bridge()
+    attach(scene, "control", VFS[15])
+    wait_for(lambda: device_info_of(scene, "control"), why="the control Pod\n" + agent.log())
+    assert agent.metric("deviceid_inject_bridge_errors_total", '{kind="record"}') == 3
+    for name in ("odd-dir", "odd-fifo", "odd-link"):
+        assert agent.log().count(f"{scene.data_dir}/{name}/net1.json:") == 1, agent.log()
+    assert agent.get("/healthz")[0] == 200 and agent.get("/readyz")[0] == 200
+
+
+ODD_NUMBERS = (
+    "[{\n"
+    '    "name": "default/kindnet",\n'
+    '    "interface": "eth0",\n'
+    '    "default": true\n'
+    "},{\n"
+    '    "name": "ran/n6-x",\n'
+    '    "interface": "net1",\n'
+    '    "huge": 1e400,\n'
+    '    "precise": 0.1000000000000000001,\n'
+    '    "hundred": 1E2,\n'
+    '    "dns": {}\n'
+    "}]"
+)
+
+
+def test_other_writers_numbers_stay_as_they_wrote_them(scene: Scene, start_bridge):
+    """Defect 4: re-serialising turned 1e400 into Infinity (which Go, and so Multus, refuses),
+    0.1000000000000000001 into 0.1 and 1E2 into 100.0."""
+    with_status(scene, "numbers", ODD_NUMBERS, VFS[0])
+    agent = start_bridge()
+    wait_for(lambda: "device-info" in scene.read_pod("numbers")["metadata"]["annotations"][NETWORK_STATUS])
+    after = scene.read_pod("numbers")["metadata"]["annotations"][NETWORK_STATUS]
+    assert_one_insertion(ODD_NUMBERS, after, device_info(VFS[0]))
+    assert after.startswith(ODD_NUMBERS[:-3] + ',\n    "device-info": {\n        "pci": {')  # in its style
+    assert agent.metric("deviceid_inject_bridge_errors_total", '{kind="patch"}') == 0
+
+
+def compact_status(size: int, ns: str) -> str:
+    """A compact network-status of exactly `size` bytes: many other entries, then ours (net1)."""
+    ours = json.dumps({"name": f"{ns}/n6-x", "interface": "net1"}, separators=(",", ":"))
+    others: list[str] = []
+    while True:
+        entry = json.dumps({"name": f"{ns}/o-{len(others)}", "interface": f"o{len(others)}"}, separators=(",", ":"))
+        if 2 + sum(len(e) + 1 for e in [*others, entry]) + len(ours) > size:
+            break
+        others.append(entry)
+    text = "[" + ",".join([*others, ours]) + "]"
+    return "[" + " " * (size - len(text)) + text[1:]
+
+
+def test_a_large_compact_network_status_gets_device_info_and_stays_under_the_limit(scene: Scene, start_bridge):
+    """Defect 5: written back with indent=4, a compact 174,218-byte value was 300,425 bytes, over
+    the 262,144-byte limit: 422 at every resync, and device-info never landed."""
+    raw = compact_status(174_218, scene.ns)
+    with_status(scene, "big", raw, VFS[1])
+    agent = start_bridge()
+    wait_for(
+        lambda: len(scene.read_pod("big")["metadata"]["annotations"][NETWORK_STATUS]) > len(raw),
+        why=agent.log()[-2000:],
+    )
+    after = scene.read_pod("big")["metadata"]["annotations"][NETWORK_STATUS]
+    assert_one_insertion(raw, after, device_info(VFS[1]))
+    assert agent.metric("deviceid_inject_bridge_errors_total", '{kind="patch"}') == 0
+
+
+def test_a_change_that_would_exceed_the_limit_is_not_tried(scene: Scene, start_bridge):
+    """Annotations a few bytes under the limit: device-info would take them over. The Pod is left
+    alone, once, with no 422 at every resync; the other Pods are served."""
+    raw = compact_status(200_000, scene.ns)
+    used = len(NETWORK_STATUS) + len(raw) + len("k8s.v1.cni.cncf.io/networks") + len("n6-x") + len("filler")
+    with_status(scene, "full", raw, VFS[2], filler="x" * (ANNOTATIONS_LIMIT - used - 40))
+    agent = start_bridge()
+    attach(scene, "control", VFS[3])
+    wait_for(lambda: device_info_of(scene, "control"), why="the control Pod\n" + agent.log())
+    time.sleep(2.5)  # two more resyncs
+    assert scene.read_pod("full")["metadata"]["annotations"][NETWORK_STATUS] == raw
+    assert agent.metric("deviceid_inject_bridge_errors_total", '{kind="patch"}') == 0  # no 422 at every resync
+    assert agent.metric("deviceid_inject_bridge_skipped_total", '{reason="too-large"}') == 1
+
+
+def peak_rss_after_reset(pid: int) -> tuple[int, Callable[[], int]]:
+    """Reset the process's VmHWM to its RSS now (proc(5), clear_refs 5); (that RSS in KiB, a
+    function giving the peak since, in KiB)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+    def status(key: str) -> int:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(f"{key}:"))
+
+    return status("VmRSS"), lambda: status("VmHWM")
+
+
+def test_a_record_of_20_mib_costs_no_memory(scene: Scene, start_bridge):
+    """Defect 6: a 20 MiB record took the agent from 41 to 124 MiB (the DaemonSet's limit is
+    128 Mi). Now it is refused from its size, never read."""
+    agent = start_bridge()
+    attach(scene, "warm-up", VFS[4])  # the paths a record and a patch take, once, before measuring
+    wait_for(lambda: device_info_of(scene, "warm-up"), why=agent.log())
+    assert agent.proc is not None
+    rss, peak = peak_rss_after_reset(agent.proc.pid)
+    big = scene.data_dir / "sandboxhuge" / "net1.json"
+    big.parent.mkdir()
+    record = {"container_id": "sandboxhuge", "ifname": "net1", "network": "n6-x", "pci_address": None,
+              "strategy": None, "device_info_file": None, "created_file": False}  # fmt: skip
+    big.write_text(json.dumps(record) + " " * (20 << 20))
+    attach(scene, "control", VFS[5])  # its events make the agent look at the data dir again
+    wait_for(lambda: device_info_of(scene, "control"), why=agent.log())
+    assert peak() - rss < 10 * 1024, f"peak RSS grew by {(peak() - rss) / 1024:.1f} MiB"
+    assert f"{big}: {big.stat().st_size} bytes, more than a record's" in agent.log()
+
+
+def test_credentials_the_api_server_refuses_make_the_bridge_unready(kube: ApiServer, scene: Scene, start_bridge):
+    """Defect 3: an expired token (401 for ever) left /readyz at 200. The bridge's token here is
+    bound to a Pod of its own: deleting that Pod revokes it; restarting the API server ends the
+    watch that was already open."""
+    identity = agent_api(kube, NODE, pod_name="bridge-short-lived")
+    agent = start_bridge(identity=identity)
+    kube.api().delete("/api/v1/namespaces/kube-system/pods/bridge-short-lived?gracePeriodSeconds=0")
+    kube.stop_apiserver()
+    kube.start_apiserver()
+    wait_for(lambda: agent.get("/readyz")[0] == 503, timeout=60, why="unready\n" + agent.log())
+    why = agent.get("/readyz")[1]
+    assert "the API server refuses our credentials: API error 401" in why, why
+    assert agent.get("/healthz")[0] == 200  # alive: a restart would not give it a valid token
+
+
 def _gone(scene: Scene, name: str) -> bool:
     try:
         scene.read_pod(name)
@@ -308,6 +519,13 @@ def test_the_bridge_may_change_network_status_of_its_nodes_pods(agent_identity: 
         ("removing another annotation", "PATCH", "mine/status", {"metadata": {"annotations": {"other": None}}}),
         ("adding an annotation", "PATCH", "mine/status", {"metadata": {"annotations": {"new": "1"}}}),
         ("labels", "PATCH", "mine/status", {"metadata": {"labels": {"x": "y"}}}),
+        ("generateName", "PATCH", "mine/status", {"metadata": {"generateName": "upf-"}}),
+        (
+            "networks-status while --legacy-networks-status is off",
+            "PATCH",
+            "mine/status",
+            {"metadata": {"annotations": {NETWORKS_STATUS: "[]"}}},
+        ),
         ("finalizers", "PATCH", "mine/status", {"metadata": {"finalizers": ["example.com/hold"]}}),
         ("status", "PATCH", "mine/status", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
         ("the Pod itself", "PATCH", "mine", {"metadata": {"annotations": {NETWORK_STATUS: "[]"}}}),
@@ -331,3 +549,70 @@ def test_a_token_not_bound_to_a_node_may_change_nothing(kube: ApiServer, pods: d
         unbound.request("PATCH", f"{pods['mine']}/status", body, MERGE)
     assert refused.value.status == 403
     assert "not bound to a Pod on a node" in str(refused.value)
+
+
+# --- --legacy-networks-status: the v3 key, opt-in ---------------------------------------------------
+
+
+@pytest.fixture
+def legacy_allowed(kube: ApiServer, agent_identity: Api, scene: Scene) -> Iterator[None]:
+    """The binding that keeps networks-status off deleted, as an operator turning the option on does;
+    put back afterwards (probing with a Pod of node-a of its own)."""
+    probe = scene.sandbox("probe", "n6-dpdk", **{NETWORK_STATUS: "[]"})
+    with networks_status_allowed(kube, agent_identity, f"/api/v1/namespaces/{scene.ns}/pods/{probe.name}"):
+        yield
+
+
+def test_with_the_option_allowed_the_bridge_may_write_networks_status_only_as_a_copy(
+    agent_identity: Api, pods: dict[str, str], legacy_allowed: None
+):
+    mine = pods["mine"]
+    pod = agent_identity.get(mine)
+    other = {"metadata": {"annotations": {NETWORKS_STATUS: '[{"interface":"net9"}]'}}}
+    assert agent_identity.status_code("PATCH", f"{mine}/status", other, MERGE) == 403
+    both_new = '[{"interface":"net1"}]'
+    together = {"metadata": {"annotations": {NETWORK_STATUS: both_new, NETWORKS_STATUS: both_new}}}
+    assert agent_identity.status_code("PATCH", f"{mine}/status", together, MERGE) == 200
+    removal = {"metadata": {"annotations": {NETWORKS_STATUS: None}}}
+    assert agent_identity.status_code("PATCH", f"{mine}/status", removal, MERGE) == 403
+    alone = {"metadata": {"annotations": {NETWORK_STATUS: "[]"}}}  # as without the option: the copy may lag
+    assert agent_identity.status_code("PATCH", f"{mine}/status", alone, MERGE) == 200
+    assert (
+        agent_identity.status_code("PATCH", f"{mine}/status", copy_of_network_status(agent_identity.get(mine)), MERGE)
+        == 200
+    )
+    assert pod["metadata"]["annotations"]["other"] == agent_identity.get(mine)["metadata"]["annotations"]["other"]
+    theirs = copy_of_network_status(agent_identity.get(pods["theirs"]))
+    assert agent_identity.status_code("PATCH", f"{pods['theirs']}/status", theirs, MERGE) == 403  # not another node's
+
+
+def test_legacy_networks_status_is_kept_equal_to_network_status(scene: Scene, start_bridge, legacy_allowed: None):
+    """With the option, v3 readers get the key they read, with our device-info; a Pod without a
+    record of ours gets the copy too (v4 left them nothing at all)."""
+    agent = start_bridge(extra=("--legacy-networks-status",))
+    attach(scene, "upf-0", VFS[6])
+    plain = '[{"name":"default/kindnet","interface":"eth0","default":true}]'
+    scene.sandbox("no-record", "n6-dpdk", **{NETWORK_STATUS: plain})
+
+    def copied(name: str) -> bool:
+        annotations = scene.read_pod(name)["metadata"]["annotations"]
+        return NETWORKS_STATUS in annotations and annotations[NETWORKS_STATUS] == annotations[NETWORK_STATUS]
+
+    wait_for(lambda: device_info_of(scene, "upf-0") and copied("upf-0"), why="the copy\n" + agent.log())
+    wait_for(lambda: copied("no-record"), why="the copy without a record\n" + agent.log())
+    assert scene.read_pod("no-record")["metadata"]["annotations"][NETWORKS_STATUS] == plain
+    assert json.loads(scene.read_pod("upf-0")["metadata"]["annotations"][NETWORKS_STATUS]) == network_status(
+        scene.read_pod("upf-0")
+    )
+    assert agent.metric("deviceid_inject_bridge_errors_total", '{kind="patch"}') == 0
+
+
+def test_the_option_without_the_policys_consent_still_adds_device_info(scene: Scene, start_bridge):
+    """--legacy-networks-status while the binding that forbids it is in place: the API server
+    refuses the copy, network-status still gets device-info, the refusal is named and retried."""
+    agent = start_bridge(extra=("--legacy-networks-status",))
+    attach(scene, "upf-0", VFS[7])
+    wait_for(lambda: device_info_of(scene, "upf-0"), why="device-info\n" + agent.log())
+    assert NETWORKS_STATUS not in scene.read_pod("upf-0")["metadata"]["annotations"]
+    wait_for(lambda: "deviceid-inject-bridge-no-networks-status still in place" in agent.log(), why=agent.log())
+    assert agent.metric("deviceid_inject_bridge_errors_total", '{kind="patch"}') >= 1

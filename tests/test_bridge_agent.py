@@ -1,18 +1,28 @@
-"""The bridge's loop against a stand-in for the lightkube client (the one seam): the paths the
-real API server will not show on demand: a 410 mid-watch, a failing server, a 409 on every try.
-test_bridge.py runs the same loop against the real API server.
+"""The bridge's loops against a stand-in for the lightkube client (the one seam): the paths the
+real API server will not show on demand: a 410 mid-watch, a failing server, a 409 on every try,
+a wedged call, a Pod whose every patch fails. test_bridge.py runs the same loops against the real
+API server.
+
+Most tests run the watch to the end of its script in the test's thread, then the worker until
+the queue is empty (`run`); the liveness tests run both loops in their threads, as the agent does.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import httpx
 import pytest
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod
 
@@ -27,14 +37,15 @@ NODE = "node-a"
 UID = "uid-1"
 VF = {"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:3b:02.3"}}
 STATUS = json.dumps([{"name": "ran/n6", "interface": "net1", "mac": "02:00:00:00:00:01"}])
+DEEP = '[{"interface":"net1","x":' + "[" * 3000 + "]" * 3000 + "}]"  # the issue's 6 KB value
 
 
-def pod(version: str, uid: str = UID, node: str = NODE, status: str | None = STATUS) -> Pod:
+def pod(version: str, uid: str = UID, node: str = NODE, status: str | None = STATUS, name: str = "upf-0") -> Pod:
     annotations = {NETWORK_STATUS: status} if status is not None else {}
     return Pod.from_dict(
         {
             "metadata": {
-                "name": "upf-0",
+                "name": name,
                 "namespace": "ran",
                 "uid": uid,
                 "resourceVersion": version,
@@ -55,22 +66,35 @@ class Listing(list):
 
 class FakeClient:
     """Answers like lightkube's Client from scripts: `watches` is one list of events (or an
-    exception) per watch call; `patch_errors` are raised by the first patches."""
+    exception) per watch call; `patch_errors` are raised by the first patches; `fail(name)` may
+    name an exception for every patch of one Pod. Once the script is over, `stop` is set."""
 
     def __init__(
-        self, pods: list[Pod], watches: list[Any], patch_errors: list[int] = (), fresh: Pod | None = None
+        self,
+        pods: list[Pod],
+        watches: list[Any],
+        patch_errors: list[int] = (),
+        fresh: Pod | None = None,
+        fail: Callable[[str], Exception | None] = lambda name: None,
+        lists: list[Any] = (),
     ) -> None:
         self.pods = pods
         self.fresh = fresh
         self.watches = list(watches)
         self.patch_errors = list(patch_errors)
+        self.fail = fail
+        self.list_errors = list(lists)
         self.lists = 0
         self.watched_from: list[str] = []
         self.patches: list[dict[str, Any]] = []
+        self.patched: list[str] = []  # the Pod's name, per patch that succeeded
+        self.attempts: list[str] = []  # the Pod's name, per patch tried
         self.stop = threading.Event()
 
     def list(self, *args: Any, **kwargs: Any) -> Listing:
         self.lists += 1
+        if self.list_errors:
+            raise self.list_errors.pop(0)
         return Listing(self.pods)
 
     def watch(self, *args: Any, resource_version: str, **kwargs: Any):
@@ -87,32 +111,55 @@ class FakeClient:
         return self.fresh or self.pods[-1]
 
     def patch(self, res: Any, name: str, body: dict[str, Any], **kwargs: Any) -> None:
+        self.attempts.append(name)
         if self.patch_errors:
             raise api_error(self.patch_errors.pop(0))
+        failure = self.fail(name)
+        if failure is not None:
+            raise failure
         self.patches.append(body)
+        self.patched.append(name)
+
+
+def record(uid: str = UID, name: str = "upf-0", container_id: str = "sandbox1") -> Record:
+    return Record(container_id, "net1", "n6", "0000:3b:02.3", "netdev sysfs", None, False, "ran", name, uid, VF)
 
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    Store(str(tmp_path)).save(
-        Record("sandbox1", "net1", "n6", "0000:3b:02.3", "netdev sysfs", None, False, "ran", "upf-0", UID, VF)
-    )
+    Store(str(tmp_path)).save(record())
     return tmp_path
 
 
-def run(client: FakeClient, data_dir: Path) -> tuple[Bridge, str]:
+def make_bridge(client: FakeClient, data_dir: Path, **settings: Any) -> tuple[Bridge, io.StringIO]:
     stream = io.StringIO()
-    settings = Settings(node=NODE, data_dir=str(data_dir), resync=3600, backoff_initial=0.001, backoff_max=0.002)
-    bridge = Bridge(settings, client, Metrics(), Log("debug", stream=stream))
-    worker = threading.Thread(target=bridge.run, args=(client.stop,), daemon=True)
-    worker.start()
-    worker.join(timeout=20)
-    assert not worker.is_alive(), stream.getvalue()
+    options = {"resync": 3600, "backoff_initial": 0.001, "backoff_max": 0.002, **settings}
+    clock = options.pop("clock", time.monotonic)
+    bridge = Bridge(
+        Settings(node=NODE, data_dir=str(data_dir), **options), client, Metrics(), Log("debug", stream), clock=clock
+    )
+    return bridge, stream
+
+
+def drain(bridge: Bridge) -> None:
+    """The worker's part: every Pod queued and due now, until none is."""
+    while bridge.step(timeout=0) is not None:
+        pass
+
+
+def run(client: FakeClient, data_dir: Path, **settings: Any) -> tuple[Bridge, str]:
+    bridge, stream = make_bridge(client, data_dir, **settings)
+    bridge.watch(client.stop)  # to the end of the client's script
+    drain(bridge)
     return bridge, stream.getvalue()
 
 
 def value(metric: Any) -> float:
     return metric._value.get()
+
+
+def errors(bridge: Bridge, kind: str) -> float:
+    return value(bridge.metrics.errors.labels(kind=kind))
 
 
 def test_a_410_mid_watch_lists_again_and_resumes_from_the_new_list(data_dir: Path):
@@ -125,14 +172,12 @@ def test_a_410_mid_watch_lists_again_and_resumes_from_the_new_list(data_dir: Pat
 
 
 def test_an_unreachable_server_is_retried_with_backoff_from_the_last_version(data_dir: Path):
-    import httpx
-
     failure = httpx.ConnectError("connection refused")
     client = FakeClient([pod("10", status=None)], [failure, failure, api_error(500), [("MODIFIED", pod("12"))]])
     bridge, log = run(client, data_dir)
     assert client.lists == 1
     assert client.watched_from[:4] == ["10", "10", "10", "10"]
-    assert bridge.metrics.errors.labels(kind="api")._value.get() == 3
+    assert errors(bridge, "api") == 3
     assert log.count("retrying in") == 3
     assert client.patches and client.patches[0]["metadata"]["resourceVersion"] == "12"
 
@@ -157,7 +202,7 @@ def test_endless_conflicts_give_up_after_a_bounded_number_of_tries(data_dir: Pat
 def test_a_pod_of_another_node_in_the_stream_is_never_patched(data_dir: Path):
     client = FakeClient([], [[("ADDED", pod("11", node="node-b"))]])
     run(client, data_dir)
-    assert client.patches == []
+    assert client.attempts == []
 
 
 def test_the_watch_has_a_read_timeout(tmp_path: Path):
@@ -176,49 +221,14 @@ def test_the_watch_has_a_read_timeout(tmp_path: Path):
     assert client._client._watch_timeout.read == agent.WATCH_SECONDS + 30
 
 
-def test_a_record_that_lands_while_the_watch_is_quiet_is_found_by_the_resync(tmp_path: Path):
-    """The watch blocks while nothing happens on the node; the resync thread still finds a record
-    written after the Pod's last event, and keeps /healthz's heartbeat going."""
-    release = threading.Event()
-
-    class QuietClient(FakeClient):
-        def watch(self, *args: Any, resource_version: str, **kwargs: Any):
-            self.watched_from.append(resource_version)
-            release.wait(20)
-            return iter(())
-
-    client = QuietClient([pod("10")], [])
-    settings = Settings(node=NODE, data_dir=str(tmp_path), resync=0.05)
-    bridge = Bridge(settings, client, Metrics(), Log("debug", stream=io.StringIO()))
-    worker = threading.Thread(target=bridge.run, args=(client.stop,), daemon=True)
-    worker.start()
-    try:
-        assert bridge.synced.wait(10)
-        assert client.patches == []  # no record yet
-        Store(str(tmp_path)).save(
-            Record("sandbox1", "net1", "n6", "0000:3b:02.3", "netdev sysfs", None, False, "ran", "upf-0", UID, VF)
-        )
-        deadline = time.monotonic() + 10
-        while not client.patches and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(client.patches) == 1
-        assert bridge.metrics.alive(stale_after=1.0)
-    finally:
-        client.stop.set()
-        release.set()
-        worker.join(10)
-
-
 def test_a_410_answering_the_watch_request_itself_lists_again(data_dir: Path):
-    import httpx
-
     request = httpx.Request("GET", "https://127.0.0.1/api/v1/pods?watch=1")
     gone = httpx.HTTPStatusError("410 Gone", request=request, response=httpx.Response(410, request=request))
     client = FakeClient([pod("10", status=None)], [gone, []])
     bridge, _ = run(client, data_dir)
     assert client.lists == 2
     assert value(bridge.metrics.relists) == 1
-    assert bridge.metrics.errors.labels(kind="api")._value.get() == 0
+    assert errors(bridge, "api") == 0
 
 
 def test_a_pod_gone_before_the_patch_is_let_go_without_an_error(data_dir: Path):
@@ -226,5 +236,497 @@ def test_a_pod_gone_before_the_patch_is_let_go_without_an_error(data_dir: Path):
     bridge, log = run(client, data_dir)
     assert client.patches == []
     assert value(bridge.metrics.patches) == 0
-    assert bridge.metrics.errors.labels(kind="patch")._value.get() == 0
+    assert errors(bridge, "patch") == 0
     assert "ran/upf-0 is gone; nothing to patch" in log
+
+
+def test_the_worker_looks_at_the_newest_object_of_a_pod(data_dir: Path):
+    """Three events of one Pod before the worker gets to it: one patch, from the last version."""
+    events = [("MODIFIED", pod("11", status=None)), ("MODIFIED", pod("12")), ("MODIFIED", pod("13"))]
+    client = FakeClient([pod("10", status=None)], [events])
+    run(client, data_dir)
+    (patch,) = client.patches
+    assert patch["metadata"]["resourceVersion"] == "13"
+
+
+def counting_refreshes(bridge: Bridge) -> list[int]:
+    reads: list[int] = []
+    real = bridge.index.refresh
+    bridge.index.refresh = lambda: reads.append(1) or real()
+    return reads
+
+
+def test_the_records_are_read_once_for_a_burst_of_pods_and_once_per_resync(tmp_path: Path):
+    pods = [pod("10", uid=f"uid-{i}", name=f"upf-{i}") for i in range(20)]
+    for i in range(20):
+        Store(str(tmp_path)).save(record(f"uid-{i}", f"upf-{i}", f"sandbox{i}"))
+    client = FakeClient(pods, [[]])
+    bridge, _ = make_bridge(client, tmp_path)
+    reads = counting_refreshes(bridge)
+    bridge.watch(client.stop)
+    drain(bridge)
+    assert len(client.patched) == 20
+    assert len(reads) == 1
+    bridge.resync()
+    drain(bridge)
+    assert len(reads) == 2
+
+
+def test_a_record_written_just_before_its_event_is_found(tmp_path: Path):
+    """The plugin writes the record, then Multus writes network-status: the records are read
+    again for the event that follows, even right after they were read for another Pod."""
+    client = FakeClient([pod("10")], [[]])
+    bridge, _ = make_bridge(client, tmp_path)
+    bridge.watch(client.stop)
+    drain(bridge)  # the records read: none yet
+    assert client.attempts == []
+    Store(str(tmp_path)).save(record())
+    bridge._event("MODIFIED", pod("11"))  # what the watch does with Multus's write
+    drain(bridge)
+    assert client.patched == ["upf-0"]
+
+
+def test_a_pod_that_needs_nothing_is_looked_at_again_only_when_it_or_its_records_change(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    done = json.dumps([{"name": "ran/n6", "interface": "net1", "device-info": VF}])
+    client = FakeClient([pod("10", status=done)], [[]])
+    bridge, _ = make_bridge(client, data_dir)
+    looks: list[str] = []
+    real = agent.changes
+    monkeypatch.setattr(agent, "changes", lambda annotations, *args: looks.append("x") or real(annotations, *args))
+    bridge.watch(client.stop)
+    drain(bridge)
+    bridge.resync()
+    drain(bridge)
+    assert len(looks) == 1  # the resync found it settled
+    bridge._event("MODIFIED", pod("11", status=done))
+    drain(bridge)
+    assert len(looks) == 2  # a new version of the Pod
+    path = Path(Store(str(data_dir)).path("sandbox1", "net1"))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))
+    bridge.resync()
+    drain(bridge)
+    assert len(looks) == 3  # its record changed
+    assert client.attempts == []
+
+
+# --- one Pod's trouble is that Pod's (issue 15, defects 1 and 2) ---------------------------------------
+
+
+def two_pods(data_dir: Path, bad_status: str = STATUS) -> list[Pod]:
+    """The bad Pod first, so that on the list it is the first one looked at; both have a record."""
+    Store(str(data_dir)).save(record("uid-good", "good-0", "sandbox2"))
+    return [pod("10", uid=UID, status=bad_status), pod("10", uid="uid-good", name="good-0")]
+
+
+def test_a_pod_nested_3000_levels_deep_costs_only_that_pod(data_dir: Path):
+    """The issue's reproduction: on the list the deep value raised RecursionError, which killed
+    the loop for every Pod of the node. Now it is left alone, once, and named."""
+    client = FakeClient(two_pods(data_dir, DEEP), [[("MODIFIED", pod("11", uid=UID, status=DEEP))]])
+    bridge, log = run(client, data_dir)
+    assert client.patched == ["good-0"]
+    assert value(bridge.metrics.skipped.labels(reason="unparsable")) == 1  # the newest version, once
+    assert log.count("ran/upf-0 (uid uid-1): left alone: network-status is not one we understand") == 1
+    assert bridge.synced.is_set() and bridge.health.ready()[0]
+
+
+def test_odd_files_in_the_data_dir_cost_only_themselves(data_dir: Path):
+    """A directory, a FIFO and a symlink where records should be: each is reported once and
+    skipped, and the Pods' real records still count."""
+    for name, make in (("dir", os.mkdir), ("fifo", os.mkfifo), ("link", lambda p: os.symlink("/etc/hostname", p))):
+        (data_dir / name).mkdir()
+        make(str(data_dir / name / "net1.json"))
+    client = FakeClient(two_pods(data_dir), [[]])
+    bridge, log = run(client, data_dir)
+    assert sorted(client.patched) == ["good-0", "upf-0"]
+    assert errors(bridge, "record") == 3
+    for name in ("dir", "fifo", "link"):
+        assert log.count(f"{data_dir}/{name}/net1.json:") == 1, log
+
+
+def test_a_pod_whose_patch_keeps_failing_is_retried_with_its_own_growing_backoff(data_dir: Path):
+    """A controller's work queue: the failing Pod comes back after 1, 2, 4 s (a clock of the
+    test's), is named in each log line and counted; the other Pod is patched at once."""
+    now = [0.0]
+    failures = {"upf-0": RuntimeError("something no one foresaw")}
+    client = FakeClient(two_pods(data_dir), [[]], fail=failures.get)
+    bridge, stream = make_bridge(client, data_dir, retry_initial=1.0, retry_max=300.0, clock=lambda: now[0])
+    bridge.watch(client.stop)
+    drain(bridge)
+    assert client.patched == ["good-0"]
+    for delay in (1.0, 2.0, 4.0):
+        assert bridge.step(timeout=0) is None  # not yet due
+        now[0] += delay
+        assert bridge.step(timeout=0) == UID
+    log = stream.getvalue()
+    assert client.attempts.count("upf-0") == 4
+    assert [line.split("again in ")[1] for line in log.splitlines() if "again in" in line] == [
+        "1.0 s",
+        "2.0 s",
+        "4.0 s",
+        "8.0 s",
+    ]
+    assert "ran/upf-0 (uid uid-1): RuntimeError: something no one foresaw; trying this Pod again in 1.0 s" in log
+    assert errors(bridge, "pod") == 4
+    assert value(bridge.metrics.retries) == 4
+    del failures["upf-0"]  # whatever it was is over: the next try succeeds and the backoff is forgotten
+    now[0] += 8.0
+    assert bridge.step(timeout=0) == UID
+    assert client.patched == ["good-0", "upf-0"]
+    assert bridge.queue.failures(UID) == 0
+
+
+def test_an_api_error_on_one_pods_patch_is_retried_for_that_pod_only(data_dir: Path):
+    client = FakeClient(two_pods(data_dir), [[]], fail=lambda name: api_error(500) if name == "upf-0" else None)
+    bridge, log = run(client, data_dir, retry_initial=0.001)
+    assert client.patched == ["good-0"]
+    assert errors(bridge, "patch") == 1
+    assert errors(bridge, "pod") == 0
+    assert "ran/upf-0 (uid uid-1): API error 500: HTTP 500; trying this Pod again" in log
+    assert bridge.step(timeout=5) == UID  # back after its backoff
+    assert client.attempts.count("upf-0") == 2
+
+
+def test_a_pod_deleted_while_it_waits_for_its_retry_is_let_go(data_dir: Path):
+    now = [0.0]
+    client = FakeClient(two_pods(data_dir), [[]], fail=lambda name: RuntimeError(name) if name == "upf-0" else None)
+    bridge, _ = make_bridge(client, data_dir, retry_initial=1.0, clock=lambda: now[0])
+    bridge.watch(client.stop)
+    drain(bridge)  # upf-0 failed once and waits 1 s
+    bridge._event("DELETED", pod("11", uid=UID))  # what the watch does with the event
+    now[0] += 1.0
+    assert bridge.step(timeout=0) == UID  # its retry comes up and finds no Pod
+    assert client.attempts.count("upf-0") == 1
+    assert bridge.queue.failures(UID) == 0
+    assert len(bridge.queue) == 0
+
+
+# --- liveness and readiness (issue 15, defect 3) -------------------------------------------------------
+
+
+class BlockingClient(FakeClient):
+    """The watch (or every patch) blocks until `release` is set: a wedged call."""
+
+    def __init__(self, *args: Any, block: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.block = block
+        self.release = threading.Event()
+
+    def watch(self, *args: Any, resource_version: str, **kwargs: Any):
+        if self.block == "watch":
+            self.release.wait(30)
+            return iter(())
+        self.watched_from.append(resource_version)
+        time.sleep(0.05)  # a quiet node: the server ends each watch with nothing in it
+        return iter(())
+
+    def patch(self, *args: Any, **kwargs: Any) -> None:
+        if self.block == "patch":
+            self.release.wait(30)
+        super().patch(*args, **kwargs)
+
+
+def running(client: BlockingClient, data_dir: Path, stale_after: float) -> tuple[Bridge, threading.Event]:
+    bridge, _ = make_bridge(client, data_dir, stale_after=stale_after)
+    stop = threading.Event()
+    threading.Thread(target=bridge.run, args=(stop,), daemon=True).start()
+    assert bridge.synced.wait(10)
+    return bridge, stop
+
+
+def alive_within(bridge: Bridge, seconds: float) -> list[bool]:
+    samples = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        samples.append(bridge.health.alive()[0])
+        time.sleep(0.02)
+    return samples
+
+
+class QuietApiServer:
+    """An API server of a node where nothing happens, on loopback plain HTTP, at the one seam the
+    real client has: it answers the list of Pods with none, and each watch with nothing, ended
+    after `watch_seconds` as the real one ends a watch after its timeoutSeconds."""
+
+    def __init__(self, watch_seconds: float) -> None:
+        self.watches = 0
+        quiet = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                if "watch=true" in self.path:
+                    quiet.watches += 1
+                    time.sleep(watch_seconds)
+                    body = b""
+                else:
+                    body = json.dumps(
+                        {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "10"}, "items": []}
+                    ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kubeconfig(self, path: Path) -> Path:
+        server = f"http://127.0.0.1:{self.server.server_address[1]}"
+        path.write_text(
+            json.dumps(
+                {
+                    "clusters": [{"name": "c", "cluster": {"server": server}}],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "x",
+                }
+            )
+        )
+        return path
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_quiet_node_stays_alive_with_the_real_client(tmp_path: Path):
+    """lightkube's watch sends the next request by itself whenever the server ends one, never
+    coming back to our loop: on a quiet node the watch loop's progress is those requests. Over four
+    times `stale_after` of watches that end with nothing in them, the agent stays alive."""
+    quiet = QuietApiServer(watch_seconds=0.1)
+    stream = io.StringIO()
+    settings = Settings(
+        node=NODE, data_dir=str(tmp_path), kubeconfig=str(quiet.kubeconfig(tmp_path / "kubeconfig")), stale_after=0.5
+    )
+    bridge = agent.connect(settings, Metrics(), Log("debug", stream))
+    stop = threading.Event()
+    threading.Thread(target=bridge.run, args=(stop,), daemon=True).start()
+    try:
+        assert bridge.synced.wait(10), stream.getvalue()
+        assert all(alive_within(bridge, 2.0)), bridge.health.alive()
+        assert quiet.watches > 10
+        assert "API server:" not in stream.getvalue()  # no error: the loop only ever sat in one watch() call
+    finally:
+        stop.set()
+        quiet.close()
+
+
+@pytest.mark.parametrize("wedged", ["watch", "patch"])
+def test_a_wedged_loop_is_not_alive(data_dir: Path, wedged: str):
+    """The watch blocked in one call (the resync and the worker still fine), or the worker blocked
+    in a patch (the watch still fine): /healthz's answer turns to not alive and names that loop."""
+    client = BlockingClient([pod("10")], [], block=wedged)
+    bridge, stop = running(client, data_dir, stale_after=0.5)
+    try:
+        samples = alive_within(bridge, 2.0)
+        assert samples[0] and not samples[-1], samples
+        ok, why = bridge.health.alive()
+        assert not ok
+        assert ("watch (" in why) == (wedged == "watch") and ("worker (" in why) == (wedged == "patch"), why
+    finally:
+        stop.set()
+        client.release.set()
+
+
+def test_refused_credentials_make_the_agent_unready_until_they_are_taken_again(data_dir: Path):
+    """401 on the watch, for ever as far as the agent knows: not ready, and the reason says so.
+    The next list the API server answers makes it ready again."""
+    refused = api_error(401)
+    client = FakeClient([pod("10", status=None)], [refused, refused])
+    bridge, _ = make_bridge(client, data_dir)
+    answers: list[tuple[bool, str]] = []
+    real_list = client.list
+
+    def listing(*args: Any, **kwargs: Any) -> Listing:
+        answers.append(bridge.health.ready())
+        return real_list(*args, **kwargs)
+
+    client.list = listing
+    bridge.watch(client.stop)
+    assert answers[0] == (False, "not synced with the API server yet")
+    assert answers[1][0] is False and "refuses our credentials: API error 401" in answers[1][1]
+    assert client.lists == 3  # each refusal: list again once the server answers
+    assert bridge.health.ready() == (True, "ok")
+
+
+def test_credentials_refused_on_the_list_keep_the_agent_unready(data_dir: Path):
+    client = FakeClient([pod("10", status=None)], [], lists=[api_error(403)] * 1000)
+    bridge, _ = make_bridge(client, data_dir)
+    stop = threading.Event()
+    thread = threading.Thread(target=bridge.watch, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while client.lists < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ok, why = bridge.health.ready()
+        assert not ok and "refuses our credentials: API error 403" in why
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_a_record_that_lands_while_the_watch_is_quiet_is_found_by_the_resync(tmp_path: Path):
+    """The watch blocks while nothing happens on the node; the worker's resync still finds a
+    record written after the Pod's last event."""
+    client = BlockingClient([pod("10")], [], block="nothing")
+    bridge, _ = make_bridge(client, tmp_path, resync=0.05)
+    stop = threading.Event()
+    threading.Thread(target=bridge.run, args=(stop,), daemon=True).start()
+    try:
+        assert bridge.synced.wait(10)
+        time.sleep(0.2)
+        assert client.patches == []  # no record yet
+        Store(str(tmp_path)).save(record())
+        deadline = time.monotonic() + 10
+        while not client.patches and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(client.patches) == 1
+    finally:
+        stop.set()
+
+
+# --- the fuzz property (issue 15): whatever another writer left ----------------------------------------
+
+SPACE = st.sampled_from(["", " ", "  ", "\n", "\n    ", "\n\t", "\r\n  ", "\t"])
+NUMBERS = st.sampled_from(["0", "-0", "1e400", "-1E-400", "0.1000000000000000001", "1E2", "2e+5", "3.0"]) | st.integers(
+    min_value=-(10**30), max_value=10**30
+).map(str)
+STRINGS = st.builds(json.dumps, st.text(max_size=12), ensure_ascii=st.booleans())
+KEYS = (
+    st.sampled_from(['"name"', '"mac"', '"ips"', '"dns"', '"x"'])
+    | st.sampled_from(['"interface"', '"device-info"', '"interf\\u0061ce"', '"device-inf\\u006f"'])
+    | STRINGS
+)
+SCALARS = NUMBERS | STRINGS | st.sampled_from(["true", "false", "null", '"net1"', '"ran/n6"', '"ran/other"'])
+
+
+def joined(items: list[str], spaces: list[str]) -> str:
+    return ",".join(f"{spaces[i % len(spaces)]}{item}{spaces[(i + 1) % len(spaces)]}" for i, item in enumerate(items))
+
+
+def containers(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    array = st.builds(
+        lambda xs, sp: "[" + joined(xs, sp) + "]", st.lists(children, max_size=4), st.lists(SPACE, min_size=1)
+    )
+    members = st.lists(st.tuples(KEYS, SPACE, SPACE, children).map(lambda m: f"{m[0]}{m[1]}:{m[2]}{m[3]}"), max_size=4)
+    obj = st.builds(lambda ms, sp: "{" + joined(ms, sp) + "}", members, st.lists(SPACE, min_size=1))
+    return array | obj
+
+
+VALUES = st.recursive(SCALARS, containers, max_leaves=12)
+MEMBER = st.tuples(KEYS, SPACE, SPACE, VALUES).map(lambda m: f"{m[0]}{m[1]}:{m[2]}{m[3]}")
+OURS = st.tuples(st.sampled_from(['"interface"', '"interf\\u0061ce"']), SPACE, SPACE, st.just('"net1"')).map(
+    lambda m: f"{m[0]}{m[1]}:{m[2]}{m[3]}"
+)
+
+
+def entry(members: st.SearchStrategy[list[str]]) -> st.SearchStrategy[str]:
+    return st.builds(lambda ms, spaces: "{" + joined(ms, spaces) + "}", members, st.lists(SPACE, min_size=1))
+
+
+ENTRY = entry(st.lists(MEMBER, max_size=4))
+OUR_ENTRY = entry(
+    st.builds(lambda a, o, b: [*a, o, *b], st.lists(MEMBER, max_size=3), OURS, st.lists(MEMBER, max_size=2))
+)
+STATUSES = st.builds(
+    lambda others, ours, at, spaces: "[" + joined([*others[:at], *ours, *others[at:]], spaces) + "]",
+    st.lists(ENTRY | VALUES, max_size=3),
+    st.lists(OUR_ENTRY, max_size=2),
+    st.integers(0, 3),
+    st.lists(SPACE, min_size=1),
+)
+
+
+def mutated(data: st.DataObject, text: str) -> str:
+    """One character inserted, removed or replaced: what a writer's bug or an attacker leaves."""
+    at = data.draw(st.integers(0, len(text)))
+    how = data.draw(st.sampled_from(["insert", "remove", "replace"]))
+    char = data.draw(st.sampled_from(list('[]{},:"\\ 0e-.x\x00\n')))
+    if how == "insert":
+        return text[:at] + char + text[at:]
+    return text[:at] + ("" if how == "remove" else char) + text[at + 1 :]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class Pairs(list):
+    """A JSON object as the (key, value) pairs in its text, duplicates included."""
+
+
+def pairs(text: str) -> Any:
+    """The value as Go would read it, every duplicate key and every digit of every number kept."""
+    return json.loads(text, object_pairs_hook=Pairs, parse_float=Decimal, parse_constant=_no_constant)
+
+
+def ours_to_fill(text: str) -> int | None:
+    """The index of the one entry the bridge should give device-info, from a plain reading of the
+    rules (README: the network-status bridge); None where it should leave the Pod alone."""
+    try:
+        value = pairs(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, list):
+        return None
+
+    def last(entry: list[tuple[str, Any]], key: str) -> Any:
+        return next((v for k, v in reversed(entry) if k == key), None)
+
+    claiming = [i for i, e in enumerate(value) if isinstance(e, Pairs) and last(e, "interface") == "net1"]
+    if any(any(k == "device-info" for k, _ in value[i]) for i in claiming):
+        return None
+    if len(claiming) > 1:
+        claiming = [
+            i
+            for i in claiming
+            if isinstance(last(value[i], "name"), str) and last(value[i], "name").rpartition("/")[2] == "n6"
+        ]
+    return claiming[0] if len(claiming) == 1 else None
+
+
+@pytest.fixture(scope="module")
+def fuzz_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fuzz-state")
+    Store(str(path)).save(record())
+    Store(str(path)).save(record("uid-good", "good-0", "sandbox2"))
+    return path
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), raw=STATUSES, mutate=st.sampled_from([False, False, True]))
+@example(data=None, raw=DEEP, mutate=False)
+@example(data=None, raw='[{"interface": "net1", "n": 1e400, "m": 1E2}]', mutate=False)
+def test_whatever_another_writer_left_the_bridge_adds_exactly_our_member_or_leaves_the_pod_alone(
+    fuzz_data_dir: Path, data: st.DataObject | None, raw: str, mutate: bool
+):
+    if mutate and data is not None:
+        raw = mutated(data, raw)
+    client = FakeClient([pod("10", status=raw), pod("10", uid="uid-good", name="good-0")], [[]])
+    bridge, log = run(client, fuzz_data_dir)
+    assert client.patched.count("good-0") == 1, log  # every other Pod of the node is served
+    assert errors(bridge, "pod") == 0, log  # nothing we did not foresee
+    bad = [body for name, body in zip(client.patched, client.patches) if name == "upf-0"]
+    expected = ours_to_fill(raw)
+    event("left alone" if expected is None else "device-info added")
+    if expected is None:
+        assert bad == [], "the Pod should have been left alone"
+        return
+    (body,) = bad
+    new = body["metadata"]["annotations"][NETWORK_STATUS]
+    start = next((i for i, (a, b) in enumerate(zip(raw, new)) if a != b), len(raw))
+    inserted = new[start : start + len(new) - len(raw)]
+    assert new[:start] + new[start + len(inserted) :] == raw  # every other byte where it was
+    assert json.loads('{"_": 0' + inserted + "}", parse_constant=_no_constant) == {"_": 0, "device-info": VF}
+    before, after = pairs(raw), pairs(new)  # to exactly one entry, as its last member
+    assert after[expected][:-1] == before[expected] and after[expected][-1][0] == "device-info"
+    assert [e for i, e in enumerate(after) if i != expected] == [e for i, e in enumerate(before) if i != expected]

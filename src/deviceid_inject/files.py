@@ -54,9 +54,14 @@ class NotJson(Exception):
     """The file exists but holds no JSON; each caller decides what that means."""
 
 
-def read_json(path: str) -> Any:
-    """The JSON in `path`, or None when there is no file. Refuses symlinks and non-files."""
-    data = read_bytes(path)
+class TooLarge(NotJson):
+    """The file holds more than the caller's bound: none of it is taken as JSON."""
+
+
+def read_json(path: str, max_bytes: int | None = None) -> Any:
+    """The JSON in `path`, or None when there is no file. Refuses symlinks and non-files, and
+    with `max_bytes` a file larger than that (TooLarge), reading no more than one byte past it."""
+    data = read_bytes(path, max_bytes)
     if data is None:
         return None
     try:
@@ -65,8 +70,9 @@ def read_json(path: str) -> Any:
         raise NotJson(f"{path} does not hold JSON: {exc}") from None
 
 
-def read_bytes(path: str) -> bytes | None:
-    """What `path` holds, or None when there is no file. Refuses symlinks and non-files."""
+def read_bytes(path: str, max_bytes: int | None = None) -> bytes | None:
+    """What `path` holds, or None when there is no file. Refuses symlinks and non-files, and
+    with `max_bytes` a file larger than that (TooLarge)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -80,9 +86,12 @@ def read_bytes(path: str) -> bytes | None:
         raise CniError(ERR_INVALID_CONFIG, f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
         try:
-            return f.read()
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
         except OSError as exc:
             raise io_error("read", path, exc) from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise TooLarge(f"{path} holds more than {max_bytes} bytes")
+    return data
 
 
 def _is_regular(fd: int) -> bool:

@@ -13,7 +13,7 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, dataclass, fields
 
 from . import files
@@ -75,10 +75,12 @@ class Store:
         finally:
             os.close(fd)
 
-    def load(self, container_id: str, ifname: str) -> Record | None:
+    def load(self, container_id: str, ifname: str, max_bytes: int | None = None) -> Record | None:
+        """The record, or None when there is none or it is not one of ours (not JSON, edited, or
+        with `max_bytes` larger than that). A symlink or a non-file raises CniError."""
         path = self.path(container_id, ifname)
         try:
-            raw = files.read_json(path)
+            raw = files.read_json(path, max_bytes)
         except files.NotJson:
             return None
         return _record_from(raw)
@@ -109,16 +111,24 @@ class Store:
         with contextlib.suppress(OSError):  # other ifnames of the container may still be there
             os.rmdir(os.path.dirname(path))
 
-    def attachments(self) -> list[tuple[str, str]]:
-        """Every (containerID, ifname) with a record, for GC."""
+    def attachments(self, unreadable: Callable[[CniError], None] | None = None) -> list[tuple[str, str]]:
+        """Every (containerID, ifname) with a record, for GC and the bridge. A container folder
+        that cannot be listed raises CniError, or, given `unreadable`, is handed to it and skipped."""
         found = []
         for container_id in _listdir(self.data_dir):
             folder = os.path.join(self.data_dir, container_id)
             if not os.path.isdir(folder) or os.path.islink(folder):
                 continue
+            try:
+                names = _listdir(folder)
+            except CniError as exc:
+                if unreadable is None:
+                    raise
+                unreadable(exc)
+                continue
             found.extend(
                 (container_id, name[: -len(".json")])
-                for name in _listdir(folder)
+                for name in names
                 if name.endswith(".json") and not name.startswith(".")
             )
         return found

@@ -1,16 +1,23 @@
-"""The bridge's loop: list and watch this node's Pods, and patch network-status where a record of
+"""The bridge's loops: list and watch this node's Pods, and patch network-status where a record of
 ours has device-info that Multus left out.
 
-One thread lists the node's Pods (field selector spec.nodeName), then watches from the list's
-resourceVersion; a 410 Gone relists, any other failure waits with capped exponential backoff and
-resumes from the last resourceVersion seen. Every ADDED or MODIFIED event is reconciled. A second
-thread looks at every known Pod with a record again every `resync` seconds, from the objects the
-watch delivered (a record can land after the event that needed it), and beats the heart /healthz
-reads: the watch itself may rightly block for minutes on a quiet node.
+Two threads, as in a controller (kubernetes/sample-controller: an informer and a worker):
 
-A patch goes to the pods/status subresource, as Multus's own write does, as a JSON merge patch
-that names the resourceVersion it was computed from: a concurrent writer makes it fail with 409,
-and it is recomputed from a fresh read, so no other writer's change is lost.
+- The watch thread lists the node's Pods (field selector spec.nodeName), then watches from the
+  list's resourceVersion; a 410 Gone relists, a refusal of our credentials (401, 403) marks the
+  agent unready and relists once the API server takes them again, any other failure waits with
+  capped exponential backoff and resumes from the last resourceVersion seen. It only keeps the
+  newest object of each Pod and queues the Pod's UID: nothing a Pod holds can stop it.
+- The worker takes UIDs from the work queue (workqueue.py) and looks at the newest object of
+  each. Whatever goes wrong with one Pod (an API error, data we did not foresee) is logged with
+  the Pod's name, counted, and the Pod is queued again after its own exponential backoff; every
+  other Pod is served meanwhile. Every `resync` seconds it queues again each Pod with a record
+  (a record can land after the event that needed it).
+
+Both beat health.py's heart on progress, so /healthz tells a dead or wedged loop from a quiet
+node. A patch goes to the pods/status subresource, as Multus's own write does, as a JSON merge
+patch that names the resourceVersion it was computed from: a concurrent writer makes it fail
+with 409, and it is recomputed from a fresh read, so no other writer's change is lost.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import httpx
 from lightkube import Client, KubeConfig
@@ -27,12 +35,16 @@ from lightkube.resources.core_v1 import Pod
 from lightkube.types import PatchType, on_error_raise
 
 from ..log import Log
+from .health import Health
 from .metrics import Metrics
-from .reconcile import NETWORK_STATUS, RecordIndex, with_device_info
+from .reconcile import NETWORK_STATUS, NETWORKS_STATUS, RecordIndex, Refused, changes
+from .workqueue import WorkQueue
 
 FIELD_MANAGER = "deviceid-inject-bridge"
 WATCH_SECONDS = 240  # the server closes each watch after this; the next one resumes from its version
 PATCH_ATTEMPTS = 5
+LOOPS = ("watch", "worker")
+IDLE_BEAT = 1.0  # the worker beats at least this often (and 4 times per stale_after) while it waits
 
 
 @dataclass
@@ -43,6 +55,14 @@ class Settings:
     resync: float = 30.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    # A Pod's own retries after a failure (the work queue's per-item backoff).
+    retry_initial: float = 1.0
+    retry_max: float = 300.0
+    legacy_networks_status: bool = False
+    # /healthz fails when a loop made no progress for this long: a quiet watch comes round every
+    # WATCH_SECONDS (+ the read timeout's 30 s when its connection died), a Pod's work is bounded
+    # by the client's timeouts.
+    stale_after: float = 600.0
 
 
 @dataclass
@@ -55,6 +75,15 @@ class PodKey:
     def of(cls, pod: Pod) -> PodKey:
         return cls(pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)
 
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name} (uid {self.uid})"
+
+
+class _LegacyRefused(Exception):
+    """The API server refused the networks-status copy (the admission policy's binding that
+    forbids it is still in place); network-status, where it changed, was written. Already
+    counted and logged: the Pod is only tried again later."""
+
 
 @dataclass
 class Bridge:
@@ -62,83 +91,108 @@ class Bridge:
     client: Client
     metrics: Metrics
     log: Log
+    health: Health = field(init=False)
     index: RecordIndex = field(init=False)
+    queue: WorkQueue = field(init=False)
     pods: dict[str, Pod] = field(default_factory=dict)  # by UID: the newest object seen of each Pod here
-    synced: threading.Event = field(default_factory=threading.Event)
-    # The watch thread and the resync thread both change `pods` and patch: one at a time.
+    # When the watch first showed each queued Pod, for the latency histogram.
+    _since: dict[str, float] = field(default_factory=dict)
+    # Per Pod, the (resourceVersion, its records) last found to need nothing, or left alone: looked
+    # at again only when one of them changed, so a resync costs nothing and a refusal is logged once.
+    _settled: dict[str, tuple[str, tuple[tuple[str, str, int], ...]]] = field(default_factory=dict)
+    # Whether an event arrived since the index was last read: the plugin writes a record before
+    # Multus writes network-status, so an index read after that event's arrival has the record.
+    _index_stale: bool = True
+    # `pods`, `_since` and `_index_stale` are written by the watch thread and read by the worker.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    clock: Callable[[], float] = time.monotonic  # of liveness and the Pods' retries (tests pass their own)
 
     def __post_init__(self) -> None:
+        self.health = Health(LOOPS, self.settings.stale_after, self.clock)
         self.index = RecordIndex(self.settings.data_dir)
+        self.queue = WorkQueue(self.settings.retry_initial, self.settings.retry_max, self.clock)
 
-    # --- the loop --------------------------------------------------------------------------------------
+    @property
+    def synced(self) -> threading.Event:
+        return self.health.synced
+
+    # --- the watch -------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """List, watch, relist on 410, back off on failures; returns only when `stop` is set. A second
-        thread resyncs every `resync` seconds, as the watch blocks for as long as nothing happens."""
-        threading.Thread(target=self._resync_loop, args=(stop,), name="bridge-resync", daemon=True).start()
+        """The worker in a thread of its own, the watch in this one; returns only when `stop` is set."""
+        threading.Thread(target=self.work, args=(stop,), name="bridge-worker", daemon=True).start()
+        self.watch(stop)
+
+    def watch(self, stop: threading.Event) -> None:
+        """List, watch, relist on 410, back off on failures, until `stop` is set."""
         failures = 0
         version: str | None = None
         while not stop.is_set():
+            self.health.beat("watch")
             try:
                 if version is None:
                     version = self._list()
                 for kind, pod in self._watch(version):
                     failures = 0
-                    self.metrics.heartbeat()
+                    self.health.beat("watch")
+                    self.health.accepted()
                     version = pod.metadata.resourceVersion or version
-                    with self.lock:
-                        self._event(kind, pod)
+                    self._event(kind, pod)
                     if stop.is_set():
                         return
             except (httpx.HTTPError, OSError) as err:  # lightkube's ApiError is an httpx.HTTPStatusError
-                if _status(err) == 410:  # as an ERROR event, or as the answer to the watch request
+                status = _status(err)
+                if status == 410:  # as an ERROR event, or as the answer to the watch request
                     self.log.info("watch: resourceVersion too old (410 Gone); listing again")
                     self.metrics.relists.inc()
                     version = None
                     continue
+                if status in (401, 403):  # ready again only after a list with credentials it takes
+                    self.health.refused(_describe(err))
+                    version = None
                 failures += 1
                 self._back_off(stop, failures, _describe(err))
+            except Exception as err:  # an object or an answer we did not foresee: never the loop's end
+                failures += 1
+                version = None
+                self._back_off(stop, failures, f"unexpected {type(err).__name__}: {err}; listing again")
 
     def _list(self) -> str:
         listing = self.client.list(Pod, namespace="*", fields={"spec.nodeName": self.settings.node})
         pods = list(listing)
+        self.health.accepted()
+        now = time.monotonic()
         with self.lock:
+            gone = set(self.pods)  # deleted while the watch was away: the worker lets them go
             self.pods = {pod.metadata.uid: pod for pod in pods}
+            gone -= set(self.pods)
+            self._since = {uid: self._since.get(uid, now) for uid in self.pods}
+            self._index_stale = True
             self.metrics.pods.set(len(self.pods))
-            self.log.info(f"listed {len(pods)} pods on node {self.settings.node}")
-            self.index.refresh()
-            for pod in pods:
-                self.reconcile(pod, seen=time.monotonic(), refresh=False)
-        self.synced.set()
+        self.log.info(f"listed {len(pods)} pods on node {self.settings.node}")
+        for uid in [*gone, *(pod.metadata.uid for pod in pods)]:
+            self.queue.add(uid)
+        self.health.synced.set()
         return listing.resourceVersion
 
     def _event(self, kind: str, pod: Pod) -> None:
+        uid = pod.metadata.uid
         if kind in ("ADDED", "MODIFIED"):
-            self.pods[pod.metadata.uid] = pod
-            self.reconcile(pod, seen=time.monotonic())
+            with self.lock:
+                self.pods[uid] = pod
+                self._since.setdefault(uid, time.monotonic())
+                self._index_stale = True
+                count = len(self.pods)
+            self.queue.add(uid)
         elif kind == "DELETED":
-            self.pods.pop(pod.metadata.uid, None)
-        self.metrics.pods.set(len(self.pods))
-
-    def _resync_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self.settings.resync):
-            try:
-                with self.lock:
-                    if self.synced.is_set():
-                        self.resync()
-            except (httpx.HTTPError, OSError) as err:
-                self.metrics.errors.labels(kind="api").inc()
-                self.log.warning(f"resync: {type(err).__name__}: {err}")
-            self.metrics.heartbeat()  # alive: the watch may rightly be silent for minutes
-
-    def resync(self) -> None:
-        """Look at every known Pod with a record again: records that landed after the Pod's last event."""
-        self.index.refresh()
-        with_records = self.index.pod_uids()
-        for uid, pod in list(self.pods.items()):
-            if uid in with_records:
-                self.reconcile(pod, seen=time.monotonic(), refresh=False)
+            with self.lock:
+                self.pods.pop(uid, None)
+                self._since.pop(uid, None)
+                count = len(self.pods)
+            self.queue.add(uid)  # the worker finds no Pod and forgets what it kept of it
+        else:
+            return
+        self.metrics.pods.set(count)
 
     def _watch(self, version: str):
         return self.client.watch(
@@ -157,22 +211,102 @@ class Bridge:
         self.log.warning(f"API server: {why}; retrying in {delay:.1f} s (failure {failures})")
         stop.wait(delay)
 
+    # --- the worker ------------------------------------------------------------------------------------
+
+    def work(self, stop: threading.Event) -> None:
+        """Take Pods from the queue until `stop` is set; resync every `resync` seconds."""
+        next_resync = time.monotonic() + self.settings.resync
+        while not stop.is_set():
+            self.health.beat("worker")
+            now = time.monotonic()
+            if now >= next_resync:
+                next_resync = now + self.settings.resync
+                self.resync()
+            self.step(timeout=min(IDLE_BEAT, self.settings.stale_after / 4, max(0.0, next_resync - now)))
+
+    def step(self, timeout: float) -> str | None:
+        """Look at the next queued Pod, waiting at most `timeout` for one; its UID, or None."""
+        uid = self.queue.get(timeout)
+        if uid is None:
+            return None
+        with self.lock:
+            pod = self.pods.get(uid)
+            seen = self._since.pop(uid, None)
+        if pod is None:  # deleted
+            self.queue.forget(uid)
+            self._settled.pop(uid, None)
+            return uid
+        try:
+            self.reconcile(pod, seen=time.monotonic() if seen is None else seen)
+        except Exception as err:  # one Pod's trouble is that Pod's: it waits, the others do not
+            key = PodKey.of(pod)
+            if not isinstance(err, (ApiError, _LegacyRefused)):
+                self.metrics.errors.labels(kind="pod").inc()
+            delay = self.queue.add_rate_limited(uid)
+            self.metrics.retries.inc()
+            self.log.error(f"{key}: {_describe(err)}; trying this Pod again in {delay:.1f} s")
+        else:
+            self.queue.forget(uid)
+        return uid
+
+    def resync(self) -> None:
+        """Queue again every known Pod with a record (with --legacy-networks-status, every Pod with
+        network-status): records that landed after the Pod's last event."""
+        if not self.health.synced.is_set():
+            return
+        self._refresh()
+        with_records = self.index.pod_uids()
+        with self.lock:
+            due = [
+                uid
+                for uid, pod in self.pods.items()
+                if uid in with_records or (self.settings.legacy_networks_status and NETWORK_STATUS in _annotations(pod))
+            ]
+        for uid in due:
+            self.queue.add(uid)
+
+    def _refresh(self, only_if_stale: bool = False) -> None:
+        """Read the records again (with `only_if_stale`, only if an event arrived since the last read)."""
+        with self.lock:
+            if only_if_stale and not self._index_stale:
+                return
+            self._index_stale = False
+        for problem in self.index.refresh():
+            self.metrics.errors.labels(kind="record").inc()
+            self.log.warning(f"records: {problem}")
+
     # --- one Pod ---------------------------------------------------------------------------------------
 
-    def reconcile(self, pod: Pod, seen: float, refresh: bool = True) -> bool:
-        """Patch `pod`'s network-status if a record of ours has device-info it lacks; True if patched."""
+    def reconcile(self, pod: Pod, seen: float) -> bool:
+        """Patch `pod`'s annotations if a record of ours has device-info its network-status lacks
+        (or, with --legacy-networks-status, networks-status differs); True if patched. API errors
+        other than 404 and 409 are raised, for the caller's retry."""
         if pod.spec is None or pod.spec.nodeName != self.settings.node:
             return False  # the field selector should make this impossible; never touch another node's
-        if refresh:
-            self.index.refresh()
+        if NETWORK_STATUS not in _annotations(pod):
+            return False
+        self._refresh(only_if_stale=True)
         key = PodKey.of(pod)
         for _ in range(PATCH_ATTEMPTS):
             known = self.index.for_pod(key.uid)
-            value = with_device_info(_annotation(pod), known)
-            if value is None:
+            settled = (
+                pod.metadata.resourceVersion or "",
+                tuple((k.record.container_id, k.record.ifname, k.written_ns) for k in known),
+            )
+            if self._settled.get(key.uid) == settled:
                 return False
             try:
-                patched = self._patch(key, pod.metadata.resourceVersion, value)
+                wanted = changes(_annotations(pod), known, self.settings.legacy_networks_status)
+            except Refused as err:
+                self._settled[key.uid] = settled
+                self.metrics.skipped.labels(reason=err.reason).inc()
+                self.log.warning(f"{key}: left alone: {err}")
+                return False
+            if not wanted:
+                self._settled[key.uid] = settled
+                return False
+            try:
+                written = self._patch_all(key, pod, wanted)
             except ApiError as err:
                 if err.status.code == 409:  # another writer since our read: recompute from a fresh one
                     self.metrics.conflicts.inc()
@@ -184,17 +318,38 @@ class Bridge:
                     self.log.info(f"{key.namespace}/{key.name} is gone; nothing to patch")
                     return False
                 self.metrics.errors.labels(kind="patch").inc()
-                self.log.error(f"patching {key.namespace}/{key.name}: {err.status.code} {err.status.message}")
-                return False
-            if patched is not None:
-                self.pods[key.uid] = patched
-            self.metrics.patches.inc()
-            self.metrics.latency.observe(time.monotonic() - seen)
-            self.log.info(f"added device-info to {key.namespace}/{key.name} (uid {key.uid})")
+                raise
+            if written:
+                self.metrics.patches.inc()
+                self.metrics.latency.observe(time.monotonic() - seen)
+                done = ["added device-info"] if NETWORK_STATUS in written else []
+                done += [f"copied network-status to {NETWORKS_STATUS}"] if NETWORKS_STATUS in written else []
+                self.log.info(f"{key}: {' and '.join(done)}")
+            if written != wanted:
+                raise _LegacyRefused(f"{NETWORKS_STATUS} not written")
             return True
         self.metrics.errors.labels(kind="conflict-retries").inc()
-        self.log.warning(f"{key.namespace}/{key.name}: still conflicting after {PATCH_ATTEMPTS} attempts")
+        self.log.warning(f"{key}: still conflicting after {PATCH_ATTEMPTS} attempts")
         return False
+
+    def _patch_all(self, key: PodKey, pod: Pod, wanted: dict[str, str]) -> dict[str, str]:
+        """One patch of every annotation in `wanted`; returns those written. Where the API server
+        refuses the networks-status copy (403), network-status alone is written."""
+        try:
+            self._patch(key, pod, wanted)
+            return wanted
+        except ApiError as err:
+            if err.status.code != 403 or NETWORKS_STATUS not in wanted:
+                raise
+            self.metrics.errors.labels(kind="patch").inc()
+            self.log.error(
+                f"{key}: the API server refuses {NETWORKS_STATUS} ({err.status.message}); is the admission "
+                "policy binding deviceid-inject-bridge-no-networks-status still in place?"
+            )
+        alone = {k: v for k, v in wanted.items() if k != NETWORKS_STATUS}
+        if alone:
+            self._patch(key, pod, alone)
+        return alone
 
     def _get(self, key: PodKey) -> Pod | None:
         """The Pod as it is now, or None when it is gone or is another Pod under the same name."""
@@ -202,20 +357,18 @@ class Bridge:
             pod = self.client.get(Pod, key.name, namespace=key.namespace)
         except ApiError as err:
             if err.status.code == 404:
-                self.pods.pop(key.uid, None)
                 return None
             raise
-        if pod.metadata.uid != key.uid:
-            self.pods.pop(key.uid, None)
-            return None
-        self.pods[key.uid] = pod
-        return pod
+        return pod if pod.metadata.uid == key.uid else None
 
-    def _patch(self, key: PodKey, version: str | None, value: str) -> Pod | None:
-        body = {"metadata": {"resourceVersion": version, "annotations": {NETWORK_STATUS: value}}}
-        return self.client.patch(
+    def _patch(self, key: PodKey, pod: Pod, wanted: dict[str, str]) -> None:
+        body = {"metadata": {"resourceVersion": pod.metadata.resourceVersion, "annotations": wanted}}
+        patched = self.client.patch(
             Pod.Status, key.name, body, namespace=key.namespace, patch_type=PatchType.MERGE, field_manager=FIELD_MANAGER
         )
+        with self.lock:  # the newest we know now, unless the watch brought a newer one meanwhile
+            if patched is not None and self.pods.get(key.uid) is pod:
+                self.pods[key.uid] = patched
 
 
 def _status(err: Exception) -> int | None:
@@ -233,9 +386,26 @@ def _describe(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _annotation(pod: Pod) -> str | None:
-    annotations = pod.metadata.annotations or {}
-    return annotations.get(NETWORK_STATUS)
+def _annotations(pod: Pod) -> dict[str, str]:
+    return pod.metadata.annotations or {}
+
+
+def connect(settings: Settings, metrics: Metrics, log: Log) -> Bridge:
+    """The bridge with its client: from the kubeconfig given, else the Pod's service account."""
+    client = client_for(settings)
+    bridge = Bridge(settings, client, metrics, log)
+    # lightkube's watch sends the next request by itself each time the server ends one (every
+    # WATCH_SECONDS on a quiet node), without coming back to our loop: each new watch request is
+    # progress of the watch loop. httpx calls request hooks in the thread that sends.
+    hooks = client._client._client.event_hooks
+    hooks["request"].append(lambda request: _beat_on_watch(request, bridge.health))
+    client._client._client.event_hooks = hooks
+    return bridge
+
+
+def _beat_on_watch(request: httpx.Request, health: Health) -> None:
+    if request.url.params.get("watch") == "true":
+        health.beat("watch")
 
 
 def client_for(settings: Settings) -> Client:

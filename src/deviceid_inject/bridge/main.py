@@ -1,7 +1,7 @@
 """`deviceid-inject bridge`: the agent's process, from flags to a clean exit on SIGTERM.
 
-The loop runs in a daemon thread; the main thread only waits for SIGTERM or SIGINT, so the
-process ends at once even while the loop is blocked reading a watch.
+The loops run in daemon threads; the main thread only waits for SIGTERM or SIGINT, so the
+process ends at once even while a loop is blocked reading a watch.
 """
 
 from __future__ import annotations
@@ -15,15 +15,26 @@ from ..config import DEFAULT_DATA_DIR
 from ..log import LEVELS, Log
 
 EXIT_OK, EXIT_USAGE = 0, 2
-DEFAULT_LISTEN = "0.0.0.0:9909"
+DEFAULT_LISTEN = "127.0.0.1:9909"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", help="this node's name (default: $NODE_NAME)")
     parser.add_argument("--kubeconfig", help="a kubeconfig file (default: the Pod's service account)")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="the plugin's dataDir (default: %(default)s)")
-    parser.add_argument("--listen", default=DEFAULT_LISTEN, help="/metrics, /healthz, /readyz (default: %(default)s)")
+    parser.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        help="/metrics, /healthz, /readyz; unauthenticated, so loopback unless probes need more (default: %(default)s)",
+    )
     parser.add_argument("--resync", type=float, default=30.0, help="seconds between looks at every Pod again")
+    parser.add_argument(
+        "--legacy-networks-status",
+        action="store_true",
+        help="also keep k8s.v1.cni.cncf.io/networks-status (the key Multus before v4 wrote too) equal to "
+        "network-status, for readers written for Multus v3; the admission policy must allow it "
+        "(README: the network-status bridge)",
+    )
     parser.add_argument("--log-level", choices=sorted(LEVELS), default="info")
 
 
@@ -32,7 +43,7 @@ def run(args: argparse.Namespace, log: Log) -> int:
     # should not pay for the Kubernetes client.
     from lightkube.core.exceptions import ConfigError
 
-    from .agent import Bridge, Settings, client_for
+    from .agent import Settings, connect
     from .metrics import Metrics, serve
 
     node = args.node or os.environ.get("NODE_NAME", "")
@@ -43,21 +54,27 @@ def run(args: argparse.Namespace, log: Log) -> int:
     if not host or not port.isdigit():
         log.error(f"bridge: --listen {args.listen!r} is not HOST:PORT")
         return EXIT_USAGE
-    settings = Settings(node=node, data_dir=args.data_dir, kubeconfig=args.kubeconfig, resync=args.resync)
+    settings = Settings(
+        node=node,
+        data_dir=args.data_dir,
+        kubeconfig=args.kubeconfig,
+        resync=args.resync,
+        legacy_networks_status=args.legacy_networks_status,
+    )
+    metrics = Metrics()
     try:
-        client = client_for(settings)
+        bridge = connect(settings, metrics, log)
     except (ConfigError, OSError, ValueError) as err:
         log.error(f"bridge: no usable API configuration ({args.kubeconfig or 'in-cluster'}): {err}")
         return EXIT_USAGE
-    metrics = Metrics()
-    bridge = Bridge(settings, client, metrics, log)
     try:
-        server = serve((host, int(port)), metrics, bridge.synced, stale_after=max(600.0, 3 * settings.resync))
+        server = serve((host, int(port)), metrics, bridge.health)
     except OSError as err:
         log.error(f"bridge: cannot listen on {args.listen}: {err.strerror}")
         return EXIT_USAGE
     bound_host, bound_port = server.server_address[:2]
-    log.info(f"bridge: node {node}, records in {settings.data_dir}, serving on {bound_host}:{bound_port}")
+    legacy = ", keeping networks-status equal to network-status" if settings.legacy_networks_status else ""
+    log.info(f"bridge: node {node}, records in {settings.data_dir}{legacy}, serving on {bound_host}:{bound_port}")
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

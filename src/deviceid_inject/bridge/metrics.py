@@ -1,32 +1,50 @@
 """What the bridge tells operators: Prometheus metrics on /metrics, liveness on /healthz and
-readiness on /readyz, served by one small HTTP server thread.
+readiness on /readyz (health.py decides both), served by one small HTTP server.
 
-/healthz answers 200 while the loop is alive (it beat within `stale_after` seconds), also when
-the API server is away: restarting the agent would not bring the API server back. /readyz answers
-200 once the first list of the node's Pods succeeded.
+The server is reachable by whatever can reach its address, without authentication, so it holds
+nothing for a client: each connection gets a thread only while fewer than `max_connections` are
+open (others are closed at once and counted), a read waits at most `read_timeout` seconds, and a
+client that hangs up mid-request or mid-answer is its own business, never a traceback.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .health import Health
+
 PREFIX = "deviceid_inject_bridge"
+READ_TIMEOUT = 5.0
+MAX_CONNECTIONS = 16
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.patches = Counter(f"{PREFIX}_patches", "network-status annotations given device-info", registry=r)
+        self.patches = Counter(f"{PREFIX}_patches", "Pods whose annotations the bridge patched", registry=r)
         self.conflicts = Counter(f"{PREFIX}_conflicts", "patches refused with 409 and recomputed", registry=r)
         self.errors = Counter(
-            f"{PREFIX}_errors", "failures by kind: api, patch, conflict-retries", ["kind"], registry=r
+            f"{PREFIX}_errors",
+            "failures by kind: api (list, watch), patch (refused by the API server), conflict-retries, "
+            "pod (anything else while looking at one Pod), record (an odd file in the data dir)",
+            ["kind"],
+            registry=r,
         )
-        self.relists = Counter(f"{PREFIX}_relists", "lists after a watch's 410 Gone", registry=r)
+        self.retries = Counter(
+            f"{PREFIX}_retries", "Pods queued again after a failure, with their own backoff", registry=r
+        )
+        self.skipped = Counter(
+            f"{PREFIX}_skipped",
+            "Pods left alone by reason: unparsable (network-status), too-large (over the annotation limit)",
+            ["reason"],
+            registry=r,
+        )
+        self.relists = Counter(f"{PREFIX}_relists", "lists after a watch's 410 Gone or a refusal", registry=r)
         self.pods = Gauge(f"{PREFIX}_pods", "Pods on this node the watch knows of", registry=r)
         self.latency = Histogram(
             f"{PREFIX}_patch_latency_seconds",
@@ -34,30 +52,61 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
-        self._beat = time.monotonic()
+        self.http_refused = Counter(
+            f"{PREFIX}_http_refused", "connections to this server closed unanswered: too many open", registry=r
+        )
 
-    def heartbeat(self) -> None:
-        self._beat = time.monotonic()
 
-    def alive(self, stale_after: float) -> bool:
-        return time.monotonic() - self._beat < stale_after
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a bound on the threads it starts and quiet about clients that leave."""
+
+    daemon_threads = True
+    request_queue_size = 64  # a burst of clients is accepted (and refused) at once, not left in the kernel
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int, refused: Counter) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._refused = refused
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refused.inc()
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a reset, a broken pipe or a timeout of one client's connection: nothing to report
 
 
 def serve(
-    address: tuple[str, int], metrics: Metrics, ready: threading.Event, stale_after: float
+    address: tuple[str, int],
+    metrics: Metrics,
+    health: Health,
+    read_timeout: float = READ_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> ThreadingHTTPServer:
     """Start the HTTP server in a daemon thread; returns it (server_address has the real port)."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = read_timeout  # StreamRequestHandler puts it on the socket: every read waits at most this
+
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._answer(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
-                ok = metrics.alive(stale_after)
-                self._answer(200 if ok else 503, b"ok\n" if ok else b"loop stalled\n")
-            elif self.path == "/readyz":
-                ok = ready.is_set()
-                self._answer(200 if ok else 503, b"ok\n" if ok else b"not synced with the API server yet\n")
+            elif self.path in ("/healthz", "/readyz"):
+                ok, why = health.alive() if self.path == "/healthz" else health.ready()
+                self._answer(200 if ok else 503, f"{why}\n".encode())
             else:
                 self._answer(404, b"not found\n")
 
@@ -71,7 +120,6 @@ def serve(
         def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes every few seconds would drown the log
 
-    server = ThreadingHTTPServer(address, Handler)
-    server.daemon_threads = True
+    server = _Server(address, Handler, max_connections, metrics.http_refused)
     threading.Thread(target=server.serve_forever, name="bridge-http", daemon=True).start()
     return server

@@ -1,0 +1,67 @@
+"""What /healthz and /readyz answer, from the bridge's own loops.
+
+Liveness: each loop (the watch, the worker) beats whenever it makes progress, and only then. The
+watch beats on every event, every new watch request (the server ends each watch after
+WATCH_SECONDS and the client sends the next, so a quiet node's watch still comes round) and every
+retry while the API server is away; the worker
+beats on every Pod it takes and every second it waits for one. A loop that died, or is wedged in
+one call, stops beating: after `stale_after` seconds /healthz says so and the kubelet restarts
+the agent. An API server that is away does not make the agent unhealthy (a restart would not
+bring it back), it only keeps it from being ready.
+
+Readiness: the first list of the node's Pods succeeded, and the API server's last answer to the
+list or the watch was not a refusal of our credentials (401 or 403: an expired token, a removed
+binding). Both are the bridge's own business; the kubelet only reads them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+
+class Health:
+    def __init__(self, loops: tuple[str, ...], stale_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stale_after = stale_after
+        self._clock = clock
+        started = clock()
+        self._beats = dict.fromkeys(loops, started)  # a loop gets `stale_after` to show its first progress
+        self._lock = threading.Lock()
+        self.synced = threading.Event()
+        self._refused: str | None = None
+
+    def beat(self, loop: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if loop not in self._beats:
+                raise KeyError(f"no loop named {loop!r}")
+            self._beats[loop] = now
+
+    def alive(self) -> tuple[bool, str]:
+        now = self._clock()
+        with self._lock:
+            beats = sorted(self._beats.items())
+        stale = [f"{loop} ({now - beat:.0f} s)" for loop, beat in beats if now - beat >= self.stale_after]
+        if stale:
+            return False, f"no progress for more than {self.stale_after:g} s: {', '.join(stale)}"
+        return True, "ok"
+
+    def refused(self, why: str) -> None:
+        """The API server refused our credentials (401 or 403) on the list or the watch."""
+        with self._lock:
+            self._refused = why
+
+    def accepted(self) -> None:
+        """The API server answered the list or the watch."""
+        with self._lock:
+            self._refused = None
+
+    def ready(self) -> tuple[bool, str]:
+        with self._lock:
+            refused = self._refused
+        if refused is not None:
+            return False, f"the API server refuses our credentials: {refused}"
+        if not self.synced.is_set():
+            return False, "not synced with the API server yet"
+        return True, "ok"

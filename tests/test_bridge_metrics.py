@@ -1,0 +1,103 @@
+"""The bridge's HTTP server (/metrics, /healthz, /readyz), in the agent's own process (python -m
+deviceid_inject, and the binary): idle clients time out, open connections are capped, a client
+that hangs up leaves no traceback. No API server is needed: the agent serves while it retries one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bridge import BridgeProcess
+from helpers import Impl
+
+from deviceid_inject.bridge.metrics import MAX_CONNECTIONS, READ_TIMEOUT
+
+
+@pytest.fixture
+def agent(impl: Impl, tmp_path: Path) -> Iterator[BridgeProcess]:
+    """The agent for node-a, its API server a closed port of loopback."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "clusters": [
+                    {"name": "c", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    process = BridgeProcess(list(impl.command), kubeconfig, tmp_path / "state")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT + 10)
+
+
+def test_it_answers_while_the_api_server_is_away(agent: BridgeProcess):
+    assert agent.get("/healthz") == (200, "ok\n")
+    code, why = agent.get("/readyz")
+    assert code == 503 and why == "not synced with the API server yet\n"
+    assert agent.get("/nothing")[0] == 404
+
+
+def test_idle_connections_are_capped_and_cost_no_thread_each(agent: BridgeProcess):
+    """Issue 15, defect 7: 400 idle connections gave 404 threads, and none timed out."""
+    assert agent.proc is not None
+    before = threads(agent.proc.pid)
+    started = time.monotonic()
+    with contextlib.ExitStack() as opened:
+        for _ in range(400):
+            opened.enter_context(connect(agent.port))
+        time.sleep(1)  # the server has accepted them all
+        assert threads(agent.proc.pid) <= before + MAX_CONNECTIONS
+        took = time.monotonic() - started
+    # Once they are gone the probes answer again, and the refusals were counted.
+    deadline = time.monotonic() + READ_TIMEOUT + 10
+    while agent.get("/healthz")[0] != 200:
+        assert time.monotonic() < deadline, "the server did not recover after its clients left"
+        time.sleep(0.1)
+    # Each slot is held by an idle client until its read times out, then serves the next one.
+    served_at_most = MAX_CONNECTIONS * (1 + int(took // READ_TIMEOUT) + 1)
+    assert agent.metric("deviceid_inject_bridge_http_refused_total") >= 400 - served_at_most
+
+
+def test_an_idle_connection_is_closed_after_the_read_timeout(agent: BridgeProcess):
+    with connect(agent.port) as idle:
+        idle.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+        started = time.monotonic()
+        assert idle.recv(1024) == b""  # closed by the server, without an answer
+        assert time.monotonic() - started < READ_TIMEOUT + 5
+    assert agent.get("/healthz")[0] == 200
+
+
+@pytest.mark.parametrize("request_bytes", [b"GET /metr", b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"])
+def test_a_client_that_hangs_up_leaves_no_traceback(agent: BridgeProcess, request_bytes: bytes):
+    for _ in range(20):
+        with connect(agent.port) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+            client.sendall(request_bytes)
+    time.sleep(0.5)
+    assert agent.get("/healthz")[0] == 200
+    log = agent.log()
+    assert "Traceback" not in log, log
+    assert [line for line in log.splitlines() if "API server:" not in line and "serving on" not in line] == [], log
