@@ -535,7 +535,8 @@ class Node:
 
     def kubectl(self, *args: str, stdin: str = "", timeout: float = 120) -> Outcome:
         argv = [str(tools.kube("kubectl")), "--kubeconfig", str(self.kubeconfig()), *args]
-        return run(argv, timeout=timeout, stdin=stdin.encode())
+        # kubectl keeps a cache under $HOME/.kube: the node's folder, never the caller's working folder
+        return run(argv, base_env(HOME=str(self.root)), timeout=timeout, stdin=stdin.encode())
 
     def ctr(self, *args: str, timeout: float = 120) -> Outcome:
         socket = self.host_path("/run/containerd/containerd.sock")

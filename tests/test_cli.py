@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from helpers import REPO, TESTDATA, passed_through, plugin_command
+from kube import free_port
 
 NAD = REPO / "deploy" / "nad-n6-dpdk.yaml"
 
@@ -143,3 +144,40 @@ def test_bridge_refuses_to_start_without_what_it_needs(args, env, words):
     assert words in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+@pytest.fixture
+def answering():
+    """An HTTP server on loopback answering /ok with 200 and anything else with 503."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code, body = (200, b"ok\n") if self.path == "/ok" else (503, b"not synced\n")
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_probe_exits_0_on_200_and_1_otherwise_saying_why(answering):
+    ok = cli("probe", f"{answering}/ok")
+    assert (ok.returncode, ok.stdout) == (0, "ok\n")
+    refused = cli("probe", f"{answering}/readyz")
+    assert refused.returncode == 1
+    assert "503 not synced" in refused.stderr
+    nobody = cli("probe", "--timeout", "2", f"http://127.0.0.1:{free_port()}/healthz")  # nothing listens
+    assert nobody.returncode == 1
+    assert "Connection refused" in nobody.stderr

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tools
 import yaml
-from harness import run
+from harness import base_env, run
 from helpers import REPO
 
 from deviceid_inject import cli
@@ -24,7 +25,8 @@ PUBLISHED = "ghcr.io/deviceid-inject/deviceid-inject:0.1.0"
 def kustomize(folder: Path) -> list[dict[str, Any]]:
     if tools.missing(tools.kube("kubectl")):
         pytest.fail(f"{tools.kube('kubectl')} is not built: run make setup")
-    out = run([str(tools.kube("kubectl")), "kustomize", str(folder)])
+    with tempfile.TemporaryDirectory() as home:  # kubectl's cache goes under $HOME/.kube
+        out = run([str(tools.kube("kubectl")), "kustomize", str(folder)], base_env(HOME=home))
     assert out.code == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
@@ -40,10 +42,13 @@ def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_the_base_holds_the_bridges_account_policy_and_the_daemonset_with_the_published_image():
     objects = kustomize(DEPLOY)
-    kinds = sorted(o["kind"] for o in objects)
-    assert kinds == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
-         "ValidatingAdmissionPolicyBinding", "DaemonSet"]
+    named = sorted((o["kind"], o["metadata"]["name"]) for o in objects)
+    bridge, legacy_off = "deviceid-inject-bridge", "deviceid-inject-bridge-no-networks-status"
+    assert named == sorted(
+        [("ServiceAccount", bridge), ("ClusterRole", bridge), ("ClusterRoleBinding", bridge),
+         ("ValidatingAdmissionPolicy", bridge), ("ValidatingAdmissionPolicyBinding", bridge),
+         ("ValidatingAdmissionPolicy", legacy_off), ("ValidatingAdmissionPolicyBinding", legacy_off),
+         ("DaemonSet", "deviceid-inject")]
     )  # fmt: skip
     assert {c["image"] for c in containers(pod_spec(objects))} == {PUBLISHED}
 
@@ -94,8 +99,9 @@ def test_the_bridge_runs_for_its_node_reading_the_records_read_only():
     assert mounts["records"]["readOnly"] is True
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["records"]["hostPath"]["path"] == mounts["records"]["mountPath"] == "/var/lib/cni/deviceid-inject"
-    assert bridge["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert bridge["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "--listen=127.0.0.1:9909" in bridge["command"]  # not on the Pod network
+    for kind, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert bridge[kind]["exec"]["command"] == [cli.IMAGE_BINARY, "probe", f"http://127.0.0.1:9909{path}"]
 
 
 def test_the_containerfile_builds_the_image_make_image_builds():

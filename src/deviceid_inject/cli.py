@@ -6,6 +6,7 @@
     deviceid-inject bridge --node NODE [--kubeconfig FILE] [--data-dir DIR] [--listen HOST:PORT]
     deviceid-inject wait-device-info --annotations FILE --interface NAME [--network NS/NAD] [--timeout S]
     deviceid-inject install [--from FILE] FOLDER
+    deviceid-inject probe [--timeout S] URL
 
 Exit codes: 0 success (device found, config valid), 1 the answer is no (no device, config
 invalid), 2 usage or unreadable input.
@@ -93,6 +94,15 @@ def parser() -> argparse.ArgumentParser:
     put.add_argument("folder", help="the node's CNI binary folder, e.g. /host/opt/cni/bin")
     put.add_argument("--from", dest="source", default=IMAGE_BINARY, help="the file to install (default: %(default)s)")
 
+    probe = commands.add_parser(
+        "probe",
+        help="GET a URL and exit 0 on HTTP 200: the bridge's probes, from inside its container",
+        description="The DaemonSet's liveness and readiness probes: the bridge listens on loopback only, which "
+        "the kubelet's httpGet cannot reach, and the image has no shell or wget.",
+    )
+    probe.add_argument("url", help="e.g. http://127.0.0.1:9909/healthz")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
+
     wait = commands.add_parser(
         "wait-device-info",
         help="wait until the Pod's network-status names the device-info of an interface, then print it",
@@ -122,6 +132,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         return wait_device_info(args, out, err)
     if args.command == "install":
         return install(args, out, err)
+    if args.command == "probe":
+        return probe(args.url, args.timeout, out, err)
     if args.command == "bridge":
         from .bridge.main import run as run_bridge
 
@@ -134,6 +146,20 @@ def _say(err: TextIO, message: str, code: int) -> int:
     """Tell the operator why on stderr (stdout carries only the answer); the exit code to return."""
     err.write(f"deviceid-inject: {message}\n")
     return code
+
+
+def probe(url: str, timeout: float, out: TextIO, err: TextIO) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            out.write(answer.read(4096).decode(errors="replace"))
+            return EXIT_OK
+    except urllib.error.HTTPError as answer:
+        return _say(err, f"{url}: {answer.code} {answer.read(4096).decode(errors='replace').strip()}", EXIT_NO)
+    except (OSError, ValueError) as exc:
+        return _say(err, f"{url}: {exc}", EXIT_USAGE if isinstance(exc, ValueError) else EXIT_NO)
 
 
 def install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
