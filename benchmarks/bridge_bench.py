@@ -57,6 +57,8 @@ from helpers import CNI_BIN, have_cni_tools  # noqa: E402
 from kube import Api, ApiServer, missing_tools, network_status  # noqa: E402
 from multus import NODE, Scene, host_device, multus_binary  # noqa: E402
 
+from deviceid_inject.bridge.main import DEFAULT_RESYNC  # noqa: E402
+
 MULTUS = "v4.0.2"
 LATENCY = "deviceid_inject_bridge_patch_latency_seconds"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -436,7 +438,9 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4, help="Multus ADDs at a time (default %(default)s)")
     parser.add_argument("--exe", help="the implementation: this executable (e.g. dist/deviceid-inject)")
     parser.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"))
-    parser.add_argument("--resync", type=float, default=30.0, help="the agent's --resync (default %(default)s s)")
+    parser.add_argument(
+        "--resync", type=float, default=DEFAULT_RESYNC, help="the agent's --resync (default %(default)s s)"
+    )
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of each idle window (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=120.0, help="wait this long for the last device-info")
     parser.add_argument("--out", help="also write the Markdown table here")

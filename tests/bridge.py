@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from harness import base_env
 from helpers import REPO, passed_through
-from kube import Api, ApiServer, apply, namespace, node, service_account_token
+from kube import Api, ApiError, ApiServer, apply, namespace, node, service_account_token
 
 DEPLOY = REPO / "deploy"
 ACCOUNT_NAMESPACE = "kube-system"
@@ -58,8 +59,11 @@ def agent_pod(api: Api, node_name: str, name: str | None = None) -> dict[str, An
     the API server needs one to bind a token to."""
     name = name or f"bridge-{node_name}"
     path = f"/api/v1/namespaces/{ACCOUNT_NAMESPACE}/pods"
-    with contextlib.suppress(Exception):
+    try:
         return api.get(f"{path}/{name}")
+    except ApiError as err:
+        if err.status != 404:
+            raise
     body = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -164,7 +168,7 @@ class BridgeProcess:
             "--log-level", "debug",
             *self.extra,
         ]  # fmt: skip
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **passed_through()}
+        env = base_env(**passed_through())
         self.lines = []
         self.port = 0
         self.proc = subprocess.Popen(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import base_env
 from helpers import (
     SYSFS,
     TESTDATA,
@@ -375,7 +376,7 @@ def test_every_corpus_case_in_process_writes_only_inside_the_roots(tmp_path: Pat
 def test_without_cni_command_the_executable_is_the_operator_tool(impl: Impl, make_config, roots) -> None:
     """No CNI_COMMAND: not a plugin run but the operator's command line (no runtime does this).
     It must print usage on stderr, nothing on stdout, and touch nothing."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_CONTAINERID": "ctr-1", "CNI_IFNAME": "net1"}
+    env = base_env(CNI_CONTAINERID="ctr-1", CNI_IFNAME="net1")
     env.update(passed_through())
     stdin = json.dumps(make_config()).encode()
     proc = subprocess.run(plugin_command(), input=stdin, env=env, capture_output=True, timeout=60)

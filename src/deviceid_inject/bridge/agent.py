@@ -36,12 +36,14 @@ from lightkube.types import PatchType, on_error_raise
 
 from ..log import Log
 from .health import Health
+from .main import DEFAULT_RESYNC
 from .metrics import Metrics
 from .reconcile import NETWORK_STATUS, NETWORKS_STATUS, RecordIndex, Refused, changes
 from .workqueue import WorkQueue
 
 FIELD_MANAGER = "deviceid-inject-bridge"
 WATCH_SECONDS = 240  # the server closes each watch after this; the next one resumes from its version
+WATCH_READ_TIMEOUT = WATCH_SECONDS + 30  # a watch silent for longer is a connection that died
 PATCH_ATTEMPTS = 5
 LOOPS = ("watch", "worker")
 IDLE_BEAT = 1.0  # the worker beats at least this often (and 4 times per stale_after) while it waits
@@ -52,7 +54,7 @@ class Settings:
     node: str
     data_dir: str
     kubeconfig: str | None = None
-    resync: float = 30.0
+    resync: float = DEFAULT_RESYNC
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     # A Pod's own retries after a failure (the work queue's per-item backoff).
@@ -364,8 +366,8 @@ class Bridge:
     def _patch(self, key: PodKey, pod: Pod, wanted: dict[str, str]) -> None:
         body = {"metadata": {"resourceVersion": pod.metadata.resourceVersion, "annotations": wanted}}
         patched = self.client.patch(
-            Pod.Status, key.name, body, namespace=key.namespace, patch_type=PatchType.MERGE, field_manager=FIELD_MANAGER
-        )
+            Pod.Status, key.name, body, namespace=key.namespace, patch_type=PatchType.MERGE
+        )  # as FIELD_MANAGER: the client names it on every write
         with self.lock:  # the newest we know now, unless the watch brought a newer one meanwhile
             if patched is not None and self.pods.get(key.uid) is pod:
                 self.pods[key.uid] = patched
@@ -397,6 +399,7 @@ def connect(settings: Settings, metrics: Metrics, log: Log) -> Bridge:
     # lightkube's watch sends the next request by itself each time the server ends one (every
     # WATCH_SECONDS on a quiet node), without coming back to our loop: each new watch request is
     # progress of the watch loop. httpx calls request hooks in the thread that sends.
+    # (lightkube keeps its httpx client private too; pinned and proven likewise: a quiet node's test.)
     hooks = client._client._client.event_hooks
     hooks["request"].append(lambda request: _beat_on_watch(request, bridge.health))
     client._client._client.event_hooks = hooks
@@ -413,8 +416,9 @@ def client_for(settings: Settings) -> Client:
     kubelet rotates: lightkube reads it again on a 401)."""
     config = KubeConfig.from_file(settings.kubeconfig) if settings.kubeconfig else KubeConfig.from_service_account()
     client = Client(config=config, field_manager=FIELD_MANAGER, timeout=httpx.Timeout(15.0))
-    # lightkube 0.22 (the last for Python 3.9) sends watches with no read timeout: a connection that
-    # dies silently (no FIN, no RST) would block the loop forever. The server ends every watch after
-    # WATCH_SECONDS, so a read that waits much longer than that is a dead connection.
-    client._client._watch_timeout = httpx.Timeout(15.0, read=WATCH_SECONDS + 30)
+    # lightkube 0.22 (the last for Python 3.9, pinned) sends watches with no read timeout and has no
+    # public way to give one: a connection that dies silently (no FIN, no RST) would block the loop
+    # forever. Its private attribute it is, pinned with the version and proven by a test with the
+    # real client against a server that goes silent (test_bridge_agent.py).
+    client._client._watch_timeout = httpx.Timeout(15.0, read=WATCH_READ_TIMEOUT)
     return client

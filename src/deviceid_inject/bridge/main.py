@@ -11,10 +11,11 @@ import os
 import signal
 import threading
 
+from ..cli import EXIT_OK, EXIT_USAGE
 from ..config import DEFAULT_DATA_DIR
 from ..log import LEVELS, Log
 
-EXIT_OK, EXIT_USAGE = 0, 2
+DEFAULT_RESYNC = 30.0  # seconds between looks at every Pod again
 DEFAULT_LISTEN = "127.0.0.1:9909"
 
 
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LISTEN,
         help="/metrics, /healthz, /readyz; unauthenticated, so loopback unless probes need more (default: %(default)s)",
     )
-    parser.add_argument("--resync", type=float, default=30.0, help="seconds between looks at every Pod again")
+    parser.add_argument("--resync", type=float, default=DEFAULT_RESYNC, help="seconds between looks at every Pod again")
     parser.add_argument(
         "--legacy-networks-status",
         action="store_true",
