@@ -211,12 +211,7 @@ class ApiServer:
         self.apiserver.wait_until(self._ready, 120, "ready", interval=0.2)
 
     def _ready(self) -> bool:
-        if not os.path.exists(self.ca_file):
-            return False
-        try:
-            return self.api().request("GET", "/readyz", timeout=5) == "ok"
-        except (ApiError, OSError, ValueError):
-            return False
+        return os.path.exists(self.ca_file) and api_ready(self.api())
 
     def stop_apiserver(self) -> None:
         if self.apiserver is not None:
@@ -245,6 +240,14 @@ class ApiServer:
                     return
             time.sleep(0.2)
         raise RuntimeError("the NetworkAttachmentDefinition CRD did not become established")
+
+
+def api_ready(api: Api) -> bool:
+    """Whether the API server behind `api` answers its /readyz with ok (not yet: False)."""
+    try:
+        return api.request("GET", "/readyz", timeout=5) == "ok"
+    except (ApiError, OSError, ValueError):
+        return False
 
 
 def _http_ok(url: str) -> bool:

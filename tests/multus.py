@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness import Outcome, Service, base_env, run
-from helpers import SYSFS_IAVF, passed_through, read_json
+from helpers import SYSFS_IAVF, cni_env, passed_through, read_json
 from kube import Api, nad, namespace, network_status, pod
 from tools import FIELD_MULTUS, MULTUS_V3_VERSIONS, MULTUS_V4_VERSIONS
 from tools import multus as multus_tool
@@ -138,16 +138,8 @@ def run_multus(
     timeout: float = 120,
 ) -> Outcome:
     """One CNI call of Multus `version`, as containerd makes it for the pod's sandbox."""
-    env = {
-        "PATH": base_env()["PATH"],
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container_id,
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": "eth0",
-        "CNI_PATH": cni_path,
-        "CNI_ARGS": cni_args(pod, container_id),
-    }
-    env.update(passed_through())
+    env = cni_env(command, container_id=container_id, netns=netns, ifname="eth0", CNI_PATH=cni_path,
+                  CNI_ARGS=cni_args(pod, container_id))  # fmt: skip
     argv = [
         "unshare", "--mount", "--propagation", "private",
         "sh", "-c", isolation(), "sh", str(node.root),
@@ -259,15 +251,8 @@ class ThickMultus:
 
     def shim(self, command: str, box: Sandbox, timeout: float = 120) -> Outcome:
         """One CNI call of multus-shim for the sandbox, from the host's namespaces as containerd makes it."""
-        env = {
-            "PATH": base_env()["PATH"],
-            "CNI_COMMAND": command,
-            "CNI_CONTAINERID": box.container_id,
-            "CNI_NETNS": box.netns,
-            "CNI_IFNAME": "eth0",
-            "CNI_PATH": self.cni_path,
-            "CNI_ARGS": cni_args(box.pod, box.container_id),
-        }
+        env = cni_env(command, container_id=box.container_id, netns=box.netns, ifname="eth0", CNI_PATH=self.cni_path,
+                      CNI_ARGS=cni_args(box.pod, box.container_id))  # fmt: skip
         stdin = json.dumps(self.shim_config()).encode()
         return run([str(multus_tool(FIELD_MULTUS, "multus-shim"))], env, timeout, stdin)
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import tools
 from harness import NotReady, Outcome, Service, base_env, run
-from kube import Api, ApiError
+from kube import Api, ApiError, api_ready
 
 NODE_NAME = "dit-node"
 NODE_IP = "198.18.0.1"  # RFC 2544's benchmarking range: never a real network
@@ -391,7 +391,7 @@ class Node:
         forward.wait_until(port_file.exists, 30, "listening")
         self.api_port = int(port_file.read_text())
         apiserver = self.services["kube-apiserver"]
-        apiserver.wait_until(self._api_ready, 120, "ready")
+        apiserver.wait_until(lambda: api_ready(self.api()), 120, "ready")
         self.kubeconfig().write_text((self.pki / "admin.kubeconfig").read_text().replace(
             f"https://{NODE_IP}:{API_PORT}", f"https://127.0.0.1:{self.api_port}"))  # fmt: skip
         self._service(
@@ -415,12 +415,6 @@ class Node:
                 "--bind-address", "127.0.0.1",
             ],
         )  # fmt: skip
-
-    def _api_ready(self) -> bool:
-        try:
-            return self.api().request("GET", "/readyz", timeout=5) == "ok"
-        except (ApiError, OSError, ValueError):
-            return False
 
     def _start_runtime(self) -> None:
         cni_bin = self.host_path("/opt/cni/bin")
@@ -581,6 +575,13 @@ def build_image(reference: str, archive: Path, files: dict[str, Path], entrypoin
         argv += ["--symlink", f"{link}={target}"]
     argv += [f"{dest}={src}" for dest, src in files.items()]
     out = run(argv, timeout=300)
+    assert out.code == 0, out.stdout + out.stderr
+
+
+def build_our_image(binary: Path, reference: str, archive: Path) -> None:
+    """deviceid-inject's image of `binary` (packaging/image.py, as `make image` builds it)."""
+    argv = [sys.executable, str(IMAGE_TOOL), "deviceid-inject", "--binary", str(binary), "--tag", reference]
+    out = run([*argv, "--out", str(archive)], timeout=300)
     assert out.code == 0, out.stdout + out.stderr
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from harness import base_env, run
 from helpers import REPO
+from node import build_our_image
 
 EXE = os.environ.get("DEVICEID_INJECT_EXE", "")
 pytestmark = pytest.mark.skipif(not EXE, reason="the image is built from the binary (set DEVICEID_INJECT_EXE)")
@@ -27,20 +28,7 @@ ROOT = REPO / ".build" / "bullseye"
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("image") / "image.tar"
-    made = run(
-        [
-            sys.executable,
-            str(IMAGE_TOOL),
-            "deviceid-inject",
-            "--binary",
-            EXE,
-            "--tag",
-            "localhost/t:1",
-            "--out",
-            str(out),
-        ]
-    )
-    assert made.code == 0, made.stderr
+    build_our_image(Path(EXE), "localhost/t:1", out)
     return out
 
 

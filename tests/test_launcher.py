@@ -44,13 +44,18 @@ def launcher(tmp_path_factory) -> str:
     return str(out)
 
 
-@pytest.fixture
-def binary(tmp_path, launcher) -> str:
-    folder = tmp_path / "folder"
+def stand_in_folder(folder: Path) -> Path:
+    """A standalone folder as pack.py takes it: the stand-in program and the data file it reads."""
     (folder / "lib").mkdir(parents=True)
     (folder / "deviceid-inject").write_text(PROGRAM)
     (folder / "deviceid-inject").chmod(0o755)
     (folder / "lib" / "data.txt").write_text("schema-ok")
+    return folder
+
+
+@pytest.fixture
+def binary(tmp_path, launcher) -> str:
+    folder = stand_in_folder(tmp_path / "folder")
     (folder / "lib" / "big.bin").write_bytes(os.urandom(3 << 20))
     out = tmp_path / "deviceid-inject"
     subprocess.run(
@@ -263,11 +268,7 @@ def test_another_users_cache_is_refused(binary, cache, tmp_path):
 
 
 def test_names_with_two_dots_unpack_and_a_dotdot_component_is_refused(launcher, tmp_path, cache):
-    folder = tmp_path / "dots"
-    (folder / "lib").mkdir(parents=True)
-    (folder / "deviceid-inject").write_text(PROGRAM)
-    (folder / "deviceid-inject").chmod(0o755)
-    (folder / "lib" / "data.txt").write_text("schema-ok")
+    folder = stand_in_folder(tmp_path / "dots")
     (folder / "lib" / "libx..so.1").write_text("two dots in a name")
     (folder / "..hidden").write_text("and at its start")
     binary = pack(launcher, folder, BUILD_ID, tmp_path / "dots.bin")

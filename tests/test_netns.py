@@ -106,20 +106,26 @@ def test_add_check_del_with_a_device_id_in_a_real_netns(netns, veth_in, make_con
     assert not any(roots["devinfo"].rglob("*-ctr-1_net1"))
 
 
+def add_on_the_hosts_nic(make_config, name: str, level: str) -> tuple[str, str]:
+    """One ADD in this process on the host's PCI netdev at log level `level`: (stdout, stderr)."""
+    environ = cni_env("ADD", container_id="c1", netns=HOST_NETNS, ifname=name)
+    config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
+    out, err = io.StringIO(), io.StringIO()
+    assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
+    return out.getvalue(), err.getvalue()
+
+
 @pytest.mark.parametrize(("level", "asks_libudev"), [("warning", False), ("info", True), ("debug", True)])
 def test_libudev_is_loaded_only_when_the_log_shows_what_it_adds(make_config, monkeypatch, level, asks_libudev):
     name, sysfs_address = host_pci_netdev()
     calls = []
     real = udev.describer
     monkeypatch.setattr(udev, "describer", lambda root, log: calls.append(log) or real(root, log))
-    environ = cni_env("ADD", container_id="c1", netns=HOST_NETNS, ifname=name)
-    config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
-    out, err = io.StringIO(), io.StringIO()
-    assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
-    assert json.loads(out.getvalue())["interfaces"][0]["pciID"] == sysfs_address
+    out, err = add_on_the_hosts_nic(make_config, name, level)
+    assert json.loads(out)["interfaces"][0]["pciID"] == sysfs_address
     assert bool(calls) == asks_libudev
     if asks_libudev:
-        assert f"{name} is {sysfs_address}" in err.getvalue()
+        assert f"{name} is {sysfs_address}" in err
 
 
 @pytest.mark.parametrize("level", ["error", "warning", "info", "debug"])
@@ -135,10 +141,7 @@ def test_discovery_reads_plain_sysfs_at_every_log_level(make_config, monkeypatch
         return real_discover(clues, host, *rest)
 
     monkeypatch.setattr(discovery, "discover", spy)
-    environ = cni_env("ADD", container_id="c1", netns=HOST_NETNS, ifname=name)
-    config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
-    out, err = io.StringIO(), io.StringIO()
-    assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
+    add_on_the_hosts_nic(make_config, name, level)
     (view,) = views
     assert type(view) is SysfsPci and view.root == "/sys"
 
@@ -157,9 +160,6 @@ def test_discovery_at_info_finds_the_same_by_the_same_strategies_as_at_warning(m
 
     monkeypatch.setattr(discovery, "discover", spy)
     for level in ("warning", "info"):
-        environ = cni_env("ADD", container_id="c1", netns=HOST_NETNS, ifname=name)
-        config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
-        out, err = io.StringIO(), io.StringIO()
-        assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
+        add_on_the_hosts_nic(make_config, name, level)
     assert seen["info"] == seen["warning"]
     assert seen["info"][-1] == f"netdev sysfs: found {sysfs_address}"

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +23,7 @@ from cluster import NETWORK_STATUS, PLACEHOLDER, Cluster, entry, ready
 from harness import NotReady
 from helpers import files_under
 from kube import Watch
-from node import IMAGE_TOOL, Node
+from node import Node, build_our_image
 
 pytestmark = [pytest.mark.node]
 
@@ -303,7 +301,7 @@ def test_a_rollout_to_a_new_image_while_pods_are_created_fails_no_add(on_node: C
     new_id = another_build(exe(), new_binary)
     archive = tmp_path / "image.tar"
     new_image = f"{old_image.rpartition(':')[0]}:rollout-{new_id[:12]}"
-    build_image_of(new_binary, new_image, archive)
+    build_our_image(new_binary, new_image, archive)
     cluster.import_images([archive])
     names = [f"upf-roll-{i}" for i in range(10)]
     rolled = threading.Event()
@@ -329,25 +327,6 @@ def test_a_rollout_to_a_new_image_while_pods_are_created_fails_no_add(on_node: C
         assert new_id in [p.name for p in cache.iterdir()]
     finally:
         cluster.deploy_ours(old_image)
-
-
-def build_image_of(binary: Path, reference: str, archive: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(IMAGE_TOOL),
-            "deviceid-inject",
-            "--binary",
-            str(binary),
-            "--tag",
-            reference,
-            "--out",
-            str(archive),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 # --- what it costs and what a workload should expect ---------------------------------------------------------
