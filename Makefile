@@ -1,6 +1,6 @@
 # The two commands a fresh machine needs: `make demo` and `make test`.
-# Both install whatever is missing first (Debian packages, a Python venv, cnitool and the
-# reference plugins); re-runs skip what is already there.
+# Both install whatever is missing first (Debian packages, a Python venv, the tools of
+# scripts/versions.env built from their Go modules); re-runs skip what is already there.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Install what deviceid-inject's tests and demo need, on Debian 12 as root:
-#   - Debian packages (iproute2, ethtool, patchelf, ...), apt-get only when one is missing;
-#   - cnitool and the reference CNI plugins host-device and tuning, built with `go install`
-#     into $REPO/.tools/cni-bin (skipped when the stamp and the binaries' build info match);
-#   - the Kubernetes test bed: Multus v4.0.2 (thin plugin, multus-daemon, multus-shim), v3.7.1 and
-#     v3.7.2 built from their Go modules, and kube-apiserver built from k8s.io/kubernetes, into
-#     $REPO/.tools/k8s (each skipped when its stamp matches); etcd from Debian's etcd-server.
-# Idempotent; a re-run with everything in place takes well under a second. Cold, the Go builds
-# take 8 to 10 minutes on 2 cores (kube-apiserver most of it); progress goes to stderr.
+# Install what deviceid-inject's tests and demo need, on Debian 12 as root; every version is in
+# scripts/versions.env:
+#   - Debian packages (iproute2, ethtool, etcd-server, iptables, ...), apt-get only when one is missing;
+#   - cnitool and the reference CNI plugins, built with `go install` into $REPO/.tools/cni-bin;
+#   - from their Go modules at exact versions, each into a folder named by its version and skipped
+#     when its stamp matches: Multus (every v4 command and its thick manifest; v3.7.x's plugin) into
+#     $REPO/.tools/k8s, Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+#     kube-proxy, kubectl) into $REPO/.tools/k8s, containerd and runc into $REPO/.tools/node.
+# Idempotent; a re-run with everything in place takes about a second. Cold, about 16 minutes on 2
+# cores (Kubernetes 7 of them); progress goes to stderr.
 #
 # Usage: scripts/install-tools.sh
 # (tests/test_cnitool.py drives the real chains these tools make possible)
