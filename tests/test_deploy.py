@@ -9,24 +9,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-import tools
 import yaml
-from harness import run
-from helpers import REPO
+from helpers import REPO, kustomize
 
 from deviceid_inject import cli
 
 DEPLOY = REPO / "deploy"
 PUBLISHED = "ghcr.io/deviceid-inject/deviceid-inject:0.1.0"
-
-
-def kustomize(folder: Path) -> list[dict[str, Any]]:
-    if tools.missing(tools.kube("kubectl")):
-        pytest.fail(f"{tools.kube('kubectl')} is not built: run make setup")
-    out = run([str(tools.kube("kubectl")), "kustomize", str(folder)])
-    assert out.code == 0, out.stderr
-    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
 def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,3 +120,4 @@ def test_example_conflist_is_valid_and_ordered():
     assert [p["type"] for p in conflist["plugins"]] == ["sriov", "deviceid-inject"]
     entry, _ = cli.plugin_entry(conflist)
     assert cli.config.schema_errors(entry) == []
+
