@@ -4,9 +4,9 @@ server, and Multus's own parser of a network selection to hold it against.
 - `overlay` writes the kustomization a user writes to opt in: the Component, the opted-in networks set
   by the patch its kustomization.yaml shows, and (for a node) the base and the image; `policy_objects`
   builds it with the real kubectl's kustomize.
-- `wait_rewrites` waits until the API server applies the policy with the networks just written: the
-  policy, its binding and its ConfigMap reach the admission plugin through informers, a moment later.
-  It probes with dry-run creates, which run admission in full and store nothing.
+- `wait_rewrites` waits until the API server applies the policy as just written: the policy and its
+  binding reach the admission plugin through informers, a moment later. It probes with dry-run
+  creates, which run admission in full and store nothing.
 - `MultusParsers`: testdata/multus/parse-selection.go as scripts/install-tools.sh built it inside each
   Multus v4 version (k8sclient.GetPodNetwork), one long-running process each.
 - `SelectionDefaulter`: a mutating admission webhook on loopback that gives Pods a text selection
@@ -22,6 +22,7 @@ import os
 import ssl
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,38 +35,47 @@ from kube import Api, ApiError
 
 DEPLOY = REPO / "deploy"
 SELECTION_ROUTE = DEPLOY / "selection-route"
-NAME = "deviceid-inject-selection-route"  # the policy, its binding and its ConfigMap
-PARAMS_NAMESPACE = "kube-system"
+NAME = "deviceid-inject-selection-route"  # the policy and its binding
 NETWORKS = "k8s.v1.cni.cncf.io/networks"
 PLACEHOLDER = "0000:00:00.0"
 DISABLED_LABEL = "deviceid-inject/selection-route"  # =disabled: the binding leaves the namespace alone
 POLICY_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicies/{NAME}"
 BINDING_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicybindings/{NAME}"
-PARAMS_PATH = f"/api/v1/namespaces/{PARAMS_NAMESPACE}/configmaps/{NAME}"
 
 
-def overlay(folder: Path, networks: str, image: str = "") -> Path:
-    """A user's overlay that opts in: the Component and its networks; with `image`, also deploy/ itself
-    with that image (as tests/cluster.py deploys it), else the Component alone."""
+def opted_in(networks: Sequence[str]) -> str:
+    """The policy's optedIn variable naming `networks` (namespace/name each): a CEL list of strings."""
+    return "[" + ", ".join(f"'{network}'" for network in networks) + "]"
+
+
+def overlay(folder: Path, networks: Sequence[str] | None, image: str = "") -> Path:
+    """A user's overlay that opts in: the Component and its networks (None: the Component as shipped);
+    with `image`, also deploy/ itself with that image (as tests/cluster.py deploys it), else the
+    Component alone."""
     folder.mkdir(parents=True, exist_ok=True)
     kustomization: dict[str, Any] = {"components": [os.path.relpath(SELECTION_ROUTE, folder)]}
     if image:
         name, _, tag = image.rpartition(":")
         kustomization["resources"] = [os.path.relpath(DEPLOY, folder)]
         kustomization["images"] = [{"name": "ghcr.io/deviceid-inject/deviceid-inject", "newName": name, "newTag": tag}]
-    patch = [{"op": "replace", "path": "/data/networks", "value": networks}]
-    kustomization["patches"] = [{"target": {"kind": "ConfigMap", "name": NAME}, "patch": json.dumps(patch)}]
+    if networks is not None:
+        patch = [
+            {"op": "test", "path": "/spec/variables/0/name", "value": "optedIn"},
+            {"op": "replace", "path": "/spec/variables/0/expression", "value": opted_in(networks)},
+        ]
+        target = {"kind": "MutatingAdmissionPolicy", "name": NAME}
+        kustomization["patches"] = [{"target": target, "patch": json.dumps(patch)}]
     (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
     return folder
 
 
-def policy_objects(folder: Path, networks: str) -> list[dict[str, Any]]:
-    """The policy, its binding and its ConfigMap naming `networks`, as kustomize builds the overlay."""
+def policy_objects(folder: Path, networks: Sequence[str] | None) -> list[dict[str, Any]]:
+    """The policy and its binding opting `networks` in, as kustomize builds the overlay."""
     return kustomize(overlay(folder, networks))
 
 
 def remove(api: Api) -> None:
-    for path in (BINDING_PATH, POLICY_PATH, PARAMS_PATH):
+    for path in (BINDING_PATH, POLICY_PATH):
         try:
             api.delete(path)
         except ApiError as err:

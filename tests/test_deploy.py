@@ -125,8 +125,8 @@ def test_example_conflist_is_valid_and_ordered():
 def test_the_selection_route_comes_only_with_the_overlay_its_kustomization_shows(tmp_path: Path):
     """deploy/selection-route is a Component: deploy/ alone has no MutatingAdmissionPolicy (so it applies
     where admissionregistration.k8s.io/v1 has none, as on 1.35); the overlay its comment shows, with
-    the remote references made local, adds the policy, its binding and the ConfigMap naming the
-    networks it sets."""
+    the remote references made local, adds the policy and its binding, its list set to the networks
+    the comment names."""
     assert not [o for o in kustomize(DEPLOY) if o["kind"].startswith("MutatingAdmissionPolicy")]
     text = (DEPLOY / "selection-route" / "kustomization.yaml").read_text()
     shown = text.split("The overlay also names the networks:\n#\n", 1)[1].split("\n#\n", 1)[0]
@@ -137,15 +137,14 @@ def test_the_selection_route_comes_only_with_the_overlay_its_kustomization_shows
     kustomization = "\n".join(line.removeprefix("#   ") for line in shown.splitlines()).replace(remote, local)
     (overlay / "kustomization.yaml").write_text(re.sub(r"\?ref=[^\]]+", "", kustomization))
     objects = kustomize(overlay)
-    assert sorted(o["kind"] for o in objects) == sorted(
-        [o["kind"] for o in kustomize(DEPLOY)]
-        + ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding", "ConfigMap"]
-    )
+    added = ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
+    assert sorted(o["kind"] for o in objects) == sorted([o["kind"] for o in kustomize(DEPLOY)] + added)
     (policy,) = [o for o in objects if o["kind"] == "MutatingAdmissionPolicy"]
     (binding,) = [o for o in objects if o["kind"] == "MutatingAdmissionPolicyBinding"]
-    (params,) = [o for o in objects if o["kind"] == "ConfigMap"]
     assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
-    assert binding["spec"]["paramRef"]["name"] == params["metadata"]["name"]
-    assert binding["spec"]["paramRef"]["namespace"] == params["metadata"]["namespace"]
-    assert params["data"]["networks"] == "upf/n6-dpdk ran/n6-sriov"
+    assert "paramKind" not in policy["spec"] and "paramRef" not in binding["spec"]
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert variables["optedIn"] == "['upf/n6-dpdk', 'ran/n6-sriov']"
+    (shipped,) = [o for o in kustomize(DEPLOY / "selection-route") if o["kind"] == "MutatingAdmissionPolicy"]
+    assert shipped["spec"]["variables"][0] == {"name": "optedIn", "expression": "[]"}  # what the patch tests
