@@ -105,13 +105,24 @@ def selection_of(pod: dict[str, Any]) -> str | None:
 
 
 def wait_rewrites(api: Api, namespace: str, selection: str) -> dict[str, Any]:
-    """Wait until a Pod in `namespace` naming `selection` is rewritten; the rewritten Pod."""
+    """Wait until a Pod in `namespace` naming `selection` is rewritten; the rewritten Pod. A refusal
+    counts as not yet (on a node, a namespace has no default service account for a moment), and the
+    last one is named if it never is."""
+    refused: list[ApiError] = []
 
     def rewritten() -> dict[str, Any] | None:
-        pod = dry_run(api, namespace, pod_body("policy-probe", selection))
+        try:
+            pod = dry_run(api, namespace, pod_body("policy-probe", selection))
+        except ApiError as err:
+            refused[:] = [err]
+            return None
+        refused.clear()
         return pod if selection_of(pod) != selection else None
 
-    return wait_for(rewritten, 30, f"{selection!r} in {namespace} rewritten", interval=0.2)
+    try:
+        return wait_for(rewritten, 30, f"{selection!r} in {namespace} rewritten", interval=0.2)
+    except AssertionError as err:
+        raise AssertionError(f"{err} (last refusal: {refused[0] if refused else 'none'})") from None
 
 
 def refusal(api: Api, namespace: str, body: dict[str, Any]) -> ApiError | None:
