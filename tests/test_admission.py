@@ -288,7 +288,7 @@ def test_a_pod_without_a_selection_gets_none(route: Route):
 
 
 def test_a_selection_longer_than_4_kib_is_left_alone(route: Route):
-    """The policy's work grows faster than the selection; past 4 KiB it leaves the selection alone."""
+    """The policy's work grows faster than the selection; past 4096 characters it leaves it alone."""
     at_limit = ",".join(["sriov-a@net1"] * 315) + ",p"
     assert len(at_limit) == 4096
     assert rewritten_to(route, route.home, at_limit)[0] == {"name": "sriov-a", "interface": "net1", "deviceID": P}
