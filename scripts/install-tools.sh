@@ -134,21 +134,24 @@ k8s_status=""
 mkdir -p "$K8S_TOOLS" "$NODE_TOOLS"
 
 # build_module_copy MODULE VERSION OUT [VAR=VALUE ...] -- PACKAGE...
-# The VAR=VALUE words (CGO_ENABLED, TAGS, LDFLAGS) change how it is built.
+# The VAR=VALUE words (CGO_ENABLED, TAGS, LDFLAGS) change how it is built; FILE=PATH=SOURCE puts a
+# file of ours at PATH in the module's copy first (a program built against that version's packages).
 build_module_copy() {
     local module="$1" version="$2" out="$3"; shift 3
-    local cgo=0 tags="" ldflags=""
+    local cgo=0 tags="" ldflags="" files=() f
     while [[ $# -gt 0 && "$1" != "--" ]]; do
         case "$1" in
             CGO_ENABLED=*) cgo="${1#*=}" ;;
             TAGS=*) tags="${1#*=}" ;;
             LDFLAGS=*) ldflags="${1#*=}" ;;
+            FILE=*=*) files+=("${1#FILE=}") ;;
             *) die "build_module_copy: unknown option $1" ;;
         esac
         shift
     done
     shift
     local stamp="$out/.version" want="$module@$version $*${tags:+ tags=$tags}"
+    for f in "${files[@]}"; do want="$want ${f%%=*}=$(sha256sum <"${f#*=}" | cut -c1-16)"; done
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
     log "building $module@$version ($*)"
     local src dir
@@ -158,6 +161,7 @@ build_module_copy() {
     cp -r "$src/." "$dir/"
     chmod -R u+w "$dir"
     rm -rf "$dir/vendor"
+    for f in "${files[@]}"; do mkdir -p "$dir/$(dirname "${f%%=*}")" && cp "${f#*=}" "$dir/${f%%=*}"; done
     rm -rf "$out" && mkdir -p "$out"
     (cd "$dir" && CGO_ENABLED="$cgo" GOFLAGS="-mod=mod -trimpath -buildvcs=false" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" \
         go build -tags "$tags" -ldflags "$ldflags" -o "$out/" "$@") || { rm -rf "$dir"; die "building $module@$version failed"; }
@@ -177,6 +181,12 @@ for v in $MULTUS_V4_VERSIONS; do
         cp "$src/deployments/multus-daemonset-thick.yml" "$manifest.tmp" && chmod 0644 "$manifest.tmp"
         mv "$manifest.tmp" "$manifest"
     fi
+done
+# Multus's own parser of a Pod's network selection (k8sclient.GetPodNetwork) as a program, for every v4
+# version: tests/test_admission.py holds deploy/selection-route's policy against it.
+for v in $MULTUS_V4_VERSIONS; do
+    build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v4 "$v" "$K8S_TOOLS/multus-selection-$v" \
+        "FILE=cmd/parse-selection/main.go=$REPO/testdata/multus/parse-selection.go" -- ./cmd/parse-selection
 done
 for v in $MULTUS_V3_VERSIONS; do
     build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v3 "$v" "$K8S_TOOLS/multus-$v" -- ./cmd

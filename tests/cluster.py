@@ -6,11 +6,13 @@ NetworkAttachmentDefinition, and Pods created with kubectl and read back through
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tarfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,23 @@ class Cluster:
     def bridge_pod(self) -> dict[str, Any]:
         (pod,) = self._pods("kube-system", "app.kubernetes.io/name=deviceid-inject")
         return pod
+
+    @contextlib.contextmanager
+    def bridge_off(self, timeout: float = 120) -> Iterator[None]:
+        """The bridge off the node (its DaemonSet's Pods selected onto no node) while the block runs,
+        then back and rolled out, also when the block fails."""
+
+        def select(value: str | None) -> None:
+            patch = {"spec": {"template": {"spec": {"nodeSelector": {"deviceid-inject-test/bridge": value}}}}}
+            self.ok("-n", "kube-system", "patch", "daemonset/deviceid-inject", "--type=merge", "-p", json.dumps(patch))
+
+        select("paused")
+        try:
+            self.node.wait(lambda: not self._pods("kube-system", "app.kubernetes.io/name=deviceid-inject"), timeout)
+            yield
+        finally:
+            select(None)
+            self.rollout("deviceid-inject")
 
     # --- a namespace, the field's NAD, Pods
 

@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 import pytest
 
-pytest.register_assert_rewrite("helpers", "kube", "multus", "node", "cluster", "harness")
+pytest.register_assert_rewrite("helpers", "kube", "multus", "node", "cluster", "harness", "admission")
 
 import tools  # noqa: E402
+from admission import MultusParsers  # noqa: E402
 from cluster import Cluster, build_multus_image, image_reference  # noqa: E402
 from helpers import (  # noqa: E402
     CNI_BIN,
@@ -220,6 +221,16 @@ def kube(tmp_path_factory) -> Iterator[ApiServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def multus_parsers() -> Iterator[MultusParsers]:
+    """Multus's own parser of a Pod's network selection, of every v4 version (tests/admission.py)."""
+    parsers = MultusParsers().start()
+    try:
+        yield parsers
+    finally:
+        parsers.close()
 
 
 @pytest.fixture

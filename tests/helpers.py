@@ -19,13 +19,17 @@ import os
 import string
 import subprocess
 import sys
-from collections.abc import Mapping
+import tempfile
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import harness
 import pytest
+import tools
+import yaml
 from harness import Outcome, base_env
 from tools import CNI_BIN, CNITOOL
 
@@ -342,3 +346,25 @@ def contract_violations(command: str, code: int, stdout: str, stderr: str) -> li
     if obj.get("cniVersion") not in SUPPORTED_VERSIONS:
         problems.append(f"error cniVersion {obj.get('cniVersion')!r}")
     return problems
+
+
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    """What the real kubectl's kustomize builds of `folder`: the objects `kubectl apply -k` would apply."""
+    if tools.missing(tools.kube("kubectl")):
+        pytest.fail(f"{tools.kube('kubectl')} is not built: run make setup")
+    with tempfile.TemporaryDirectory() as home:  # kubectl's cache goes under $HOME/.kube
+        out = harness.run([str(tools.kube("kubectl")), "kustomize", str(folder)], base_env(HOME=home))
+    assert out.code == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 30, why: str = "", interval: float = 0.05) -> Any:
+    """Call `what` until it returns something true, which is returned; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {why}")
+        time.sleep(interval)

@@ -38,6 +38,7 @@ from typing import Any
 
 import tools
 from harness import NotReady, Outcome, Service, base_env, run
+from helpers import wait_for
 from kube import Api, ApiError, api_ready
 
 NODE_NAME = "dit-node"
@@ -552,15 +553,11 @@ class Node:
         return archive
 
     def wait(self, what: Any, timeout: float = 120, why: str = "", interval: float = 0.2) -> Any:
-        """Poll `what` until it returns something true; fail with `why` and the kubelet's log tail."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = what()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise NotReady(f"{why or what} not true after {timeout:g} s\n{self.services['kubelet'].tail(30)}")
-            time.sleep(interval)
+        """helpers.wait_for, failing with `why` and the kubelet's log tail."""
+        try:
+            return wait_for(what, timeout, why, interval)
+        except AssertionError as err:
+            raise NotReady(f"{err}\n{self.services['kubelet'].tail(30)}") from None
 
 
 PAUSE_SOURCE = TESTS.parent / "testdata" / "node" / "pause.c"

@@ -28,7 +28,7 @@ from bridge import (
     networks_status_allowed,
     wait_for_policy,
 )
-from helpers import NET1_DEVICE_INFO, Impl
+from helpers import NET1_DEVICE_INFO, Impl, wait_for
 from kube import Api, ApiError, ApiServer, jwt_claims, network_status, service_account_token
 from multus import NODE, Sandbox, Scene, host_device
 
@@ -84,17 +84,6 @@ def attach(scene: Scene, name: str, vf: str | None = None, node_name: str = NODE
 
 def entry_of(scene: Scene, name: str) -> dict[str, Any]:
     return scene.entry(scene.read_pod(name), f"n6-{name}")
-
-
-def wait_for(what: Callable[[], Any], timeout: float = 30, why: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {why}")
-        time.sleep(0.05)
 
 
 def device_info_of(scene: Scene, name: str) -> dict[str, Any] | None:

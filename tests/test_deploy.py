@@ -6,29 +6,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
-import tools
 import yaml
-from harness import base_env, run
-from helpers import REPO
+from helpers import REPO, kustomize
 
 from deviceid_inject import cli
 
 DEPLOY = REPO / "deploy"
 PUBLISHED = "ghcr.io/deviceid-inject/deviceid-inject:0.1.0"
-
-
-def kustomize(folder: Path) -> list[dict[str, Any]]:
-    if tools.missing(tools.kube("kubectl")):
-        pytest.fail(f"{tools.kube('kubectl')} is not built: run make setup")
-    with tempfile.TemporaryDirectory() as home:  # kubectl's cache goes under $HOME/.kube
-        out = run([str(tools.kube("kubectl")), "kustomize", str(folder)], base_env(HOME=home))
-    assert out.code == 0, out.stderr
-    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
 def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -137,3 +124,31 @@ def test_example_conflist_is_valid_and_ordered():
     assert [p["type"] for p in conflist["plugins"]] == ["sriov", "deviceid-inject"]
     entry, _ = cli.plugin_entry(conflist)
     assert cli.config.schema_errors(entry) == []
+
+
+def test_the_selection_route_comes_only_with_the_overlay_its_kustomization_shows(tmp_path: Path):
+    """deploy/selection-route is a Component: deploy/ alone has no MutatingAdmissionPolicy (so it applies
+    where admissionregistration.k8s.io/v1 has none, as on 1.35); the overlay its comment shows, with
+    the remote references made local, adds the policy and its binding, its list set to the networks
+    the comment names."""
+    assert not [o for o in kustomize(DEPLOY) if o["kind"].startswith("MutatingAdmissionPolicy")]
+    text = (DEPLOY / "selection-route" / "kustomization.yaml").read_text()
+    shown = text.split("The overlay also names the networks:\n#\n", 1)[1].split("\n#\n", 1)[0]
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    remote = "github.com/deviceid-inject/deviceid-inject/deploy"
+    local = os.path.relpath(DEPLOY, overlay)
+    kustomization = "\n".join(line.removeprefix("#   ") for line in shown.splitlines()).replace(remote, local)
+    (overlay / "kustomization.yaml").write_text(re.sub(r"\?ref=[^\]]+", "", kustomization))
+    objects = kustomize(overlay)
+    added = ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"]
+    assert sorted(o["kind"] for o in objects) == sorted([o["kind"] for o in kustomize(DEPLOY)] + added)
+    (policy,) = [o for o in objects if o["kind"] == "MutatingAdmissionPolicy"]
+    (binding,) = [o for o in objects if o["kind"] == "MutatingAdmissionPolicyBinding"]
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert "paramKind" not in policy["spec"] and "paramRef" not in binding["spec"]
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert variables["optedIn"] == "['upf/n6-dpdk', 'ran/n6-sriov']"
+    (shipped,) = [o for o in kustomize(DEPLOY / "selection-route") if o["kind"] == "MutatingAdmissionPolicy"]
+    assert shipped["spec"]["variables"][0] == {"name": "optedIn", "expression": "[]"}  # what the patch tests

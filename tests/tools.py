@@ -58,6 +58,12 @@ def multus(version: str, command: str = "multus") -> Path:
     return TOOLS / "k8s" / f"multus-{version}" / command
 
 
+def multus_selection_parser(version: str) -> Path:
+    """testdata/multus/parse-selection.go built inside Multus `version` (v4): Multus's own parser of a
+    Pod's network selection, one JSON query a line."""
+    return TOOLS / "k8s" / f"multus-selection-{version}" / "parse-selection"
+
+
 NODE_TOOLS = (
     *(
         kube(c)
