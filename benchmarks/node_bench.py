@@ -12,6 +12,8 @@ Variants (the same Pod, its one app container the pause program, unless it waits
 - bridge route: the field's NAD with deviceid-inject; the bridge adds device-info after Multus's write;
 - selection route: the same NAD (the SR-IOV plugin without deviceID) and a deviceID placeholder in the
   Pod's selection, so Multus writes our device-info itself;
+- admission route: the same, the Pod's selection in its text form, rewritten at creation by
+  deploy/selection-route's MutatingAdmissionPolicy (its networks opted in before each wave);
 - ... waiting: the Pod's init container runs `deviceid-inject wait-device-info` first, as a workload
   that reads device-info at start does.
 
@@ -38,6 +40,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "testdata")]
 
+import admission  # noqa: E402
+import kube  # noqa: E402
 import tools  # noqa: E402
 from bridge import VFS  # noqa: E402
 from cluster import NETWORKS, PLACEHOLDER, Cluster, build_multus_image, entry, image_reference, ready  # noqa: E402
@@ -52,6 +56,7 @@ class Variant:
     name: str
     with_plugin: bool = True
     selection_route: bool = False
+    admission: bool = False  # the selection route applied by deploy/selection-route's policy
     waits: bool = False
     created: dict[str, float] = field(default_factory=dict)
     ready: dict[str, float] = field(default_factory=dict)
@@ -64,8 +69,10 @@ VARIANTS = (
     Variant("without deviceid-inject", with_plugin=False),
     Variant("bridge route"),
     Variant("selection route", selection_route=True),
+    Variant("admission route", selection_route=True, admission=True),
     Variant("bridge route, waiting", waits=True),
     Variant("selection route, waiting", selection_route=True, waits=True),
+    Variant("admission route, waiting", selection_route=True, admission=True, waits=True),
 )
 
 
@@ -92,7 +99,7 @@ def nad_config(name: str, device: str, variant: Variant, vf: str) -> dict[str, A
 
 def pod_body(cluster: Cluster, ns: str, name: str, network: str, variant: Variant) -> dict[str, Any]:
     body = cluster.workload(ns, name, network)
-    if variant.selection_route:
+    if variant.selection_route and not variant.admission:  # the admission route's Pod keeps the text form
         body["metadata"]["annotations"][NETWORKS] = json.dumps(
             [{"name": network, "interface": "net1", "deviceID": PLACEHOLDER}]
         )
@@ -117,6 +124,9 @@ def wave(cluster: Cluster, ns: str, variant: Variant, index: int, watch: Watch) 
         }
         api.post(f"/apis/k8s.cni.cncf.io/v1/namespaces/{ns}/network-attachment-definitions", body)
         names.append(name)
+    if variant.admission:  # opt this wave's networks in (before, so its time is no Pod's)
+        kube.apply(api, admission.policy_objects(cluster.work / "policy", [f"{ns}/n6-{n}" for n in names]))
+        admission.wait_rewrites(api, ns, f"n6-{names[0]}")
     for name in names:
         variant.created[name] = time.monotonic()
         api.post(f"/api/v1/namespaces/{ns}/pods", pod_body(cluster, ns, name, f"n6-{name}", variant))
