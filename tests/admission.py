@@ -33,10 +33,11 @@ import yaml
 from helpers import REPO, kustomize, wait_for
 from kube import Api, ApiError
 
+from deviceid_inject.annotations import NETWORKS
+
 DEPLOY = REPO / "deploy"
 SELECTION_ROUTE = DEPLOY / "selection-route"
 NAME = "deviceid-inject-selection-route"  # the policy and its binding
-NETWORKS = "k8s.v1.cni.cncf.io/networks"
 PLACEHOLDER = "0000:00:00.0"
 DISABLED_LABEL = "deviceid-inject/selection-route"  # =disabled: the binding leaves the namespace alone
 POLICY_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicies/{NAME}"

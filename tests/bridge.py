@@ -25,6 +25,8 @@ from harness import base_env
 from helpers import REPO, passed_through
 from kube import Api, ApiError, ApiServer, apply, namespace, node, service_account_token
 
+from deviceid_inject.state import Record
+
 DEPLOY = REPO / "deploy"
 ACCOUNT_NAMESPACE = "kube-system"
 ACCOUNT = "deviceid-inject-bridge"
@@ -240,3 +242,29 @@ class BridgeProcess:
             self._reader.join(timeout=5)
         self.proc = None
         return code
+
+
+# --- the plugin's record of an attachment, as the bridge finds it ------------------------------------
+
+UID = "0d180aac-e816-4b5e-96d7-57958f908ac7"
+VF = {"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:3b:02.3", "pf-pci-address": "0000:3b:00.0"}}
+OTHER_VF = {"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:3b:01.0"}}
+DEVICE_PLUGINS = {"type": "pci", "version": "1.0.0", "pci": {"pci-address": "0000:af:00.2"}}
+
+
+def record(container_id: str = "sandbox1", ifname: str = "net1", **changes) -> Record:
+    fields = {
+        "container_id": container_id,
+        "ifname": ifname,
+        "network": "n6-dpdk",
+        "pci_address": VF["pci"]["pci-address"],
+        "strategy": "netdev sysfs",
+        "device_info_file": f"/run/k8s.cni.cncf.io/devinfo/cni/n6-dpdk-{container_id}_{ifname}",
+        "created_file": True,
+        "pod_namespace": "ran",
+        "pod_name": "upf-0",
+        "pod_uid": UID,
+        "device_info": VF,
+    }
+    fields.update(changes)
+    return Record(**fields)

@@ -23,13 +23,13 @@ from helpers import REPO, SYSFS_IAVF
 from kube import ApiError, nad, network_status
 from node import PAUSE_IMAGE, Node, build_image
 
+from deviceid_inject.annotations import NETWORKS
+
 TEST_IMAGES = "localhost/deviceid-inject-test"
 DEPLOY = REPO / "deploy"
 PUBLISHED_IMAGE = "ghcr.io/deviceid-inject/deviceid-inject"  # what deploy/'s manifests name
 PLUGIN_LOG = "/var/log/deviceid-inject.log"  # on the node
 PLACEHOLDER = "0000:00:00.0"  # the selection route's deviceID: no PCI function anywhere
-NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
-NETWORKS = "k8s.v1.cni.cncf.io/networks"
 DEVICEID_INJECT = "/usr/local/bin/deviceid-inject"  # in the image
 
 

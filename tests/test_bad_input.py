@@ -3,7 +3,7 @@
 For every case and every fuzzed input: exit non-zero with one valid CNI error object carrying the
 expected code (or the documented success), strict JSON on stdout, no traceback anywhere, and
 nothing written outside dataDir and the device-info tree. Subprocess runs check the last part by
-comparing the case's scratch folder before and after; in-process runs (commands.run with io
+comparing the case's scratch folder before and after; in-process runs (cni.run with io
 objects) record every write-like call through a Python audit hook.
 """
 
@@ -41,7 +41,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
-from deviceid_inject import commands
+from deviceid_inject import cni
 from deviceid_inject import config as configuration
 from deviceid_inject.config import DEFAULT_DATA_DIR, DEFAULT_DEVICE_INFO_ROOT
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
@@ -158,7 +158,7 @@ sys.addaudithook(RECORDER.hook)
 
 def run_in_process(environ: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = commands.run(environ, io.BytesIO(stdin), out, err)
+    code = cni.run(environ, io.BytesIO(stdin), out, err)
     return code, out.getvalue(), err.getvalue()
 
 

@@ -27,10 +27,10 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import on_error_raise
 
+from deviceid_inject.annotations import NETWORK_STATUS
 from deviceid_inject.bridge import agent
 from deviceid_inject.bridge.agent import Bridge, Settings
 from deviceid_inject.bridge.metrics import PREFIX, Metrics
-from deviceid_inject.bridge.reconcile import NETWORK_STATUS
 from deviceid_inject.log import Log
 from deviceid_inject.state import Record, Store
 

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from helpers import cni_env, host_pci_netdev, needs_root, prev_result, run_plugin
 
-from deviceid_inject import commands, discovery, udev
+from deviceid_inject import cni, discovery, udev
 from deviceid_inject import netns as pod_netns
 from deviceid_inject.pci import SysfsPci
 
@@ -111,7 +111,7 @@ def add_on_the_hosts_nic(make_config, name: str, level: str) -> tuple[str, str]:
     environ = cni_env("ADD", container_id="c1", netns=HOST_NETNS, ifname=name)
     config = make_config(sysfs=None, prev=prev_result(ifname=name), logLevel=level)
     out, err = io.StringIO(), io.StringIO()
-    assert commands.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
+    assert cni.run(environ, io.BytesIO(json.dumps(config).encode()), out, err) == 0, out.getvalue()
     return out.getvalue(), err.getvalue()
 
 

@@ -39,7 +39,7 @@ from helpers import TESTDATA
 from kube import Seen, Watch
 from node import Node
 
-from deviceid_inject import podinfo
+from deviceid_inject import wait as waiting
 
 pytestmark = [pytest.mark.node]
 
@@ -136,7 +136,7 @@ class DownwardApiFiles:
         """Each version of the Pod's file that holds network-status: when, and what it says."""
         found = []
         for at, pod, text in list(self.versions):
-            raw = podinfo.annotations(text).get(NETWORK_STATUS) if pod == uid else None
+            raw = waiting.annotations(text).get(NETWORK_STATUS) if pod == uid else None
             if raw is not None:
                 found.append((at, json.loads(raw)))
         return found

@@ -8,7 +8,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     if "CNI_COMMAND" in os.environ:
-        from .commands import run
+        from .cni import run
 
         return run(os.environ, sys.stdin.buffer, sys.stdout, sys.stderr)
     from .cli import main as cli_main

@@ -175,9 +175,9 @@ def install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def wait_device_info(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from . import podinfo
+    from . import wait as waiting
 
-    found = podinfo.wait(args.annotations, podinfo.Wanted(args.interface, args.network), args.timeout)
+    found = waiting.wait(args.annotations, waiting.Wanted(args.interface, args.network), args.timeout)
     if found is None:
         return _say(err, f"no device-info for {args.interface} in {args.annotations} after {args.timeout:g} s", EXIT_NO)
     out.write(json.dumps(found) + "\n")

@@ -34,11 +34,13 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import PatchType, on_error_raise
 
+from ..annotations import NETWORK_STATUS, NETWORKS_STATUS
 from ..log import Log
+from .changes import Refused, changes
 from .health import Health
 from .main import DEFAULT_RESYNC
 from .metrics import Metrics
-from .reconcile import NETWORK_STATUS, NETWORKS_STATUS, RecordIndex, Refused, changes
+from .records import RecordIndex
 from .workqueue import WorkQueue
 
 FIELD_MANAGER = "deviceid-inject-bridge"

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+from .annotations import NETWORK_STATUS
+
 _GO_ESCAPE = re.compile(r'\\(?:x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|([abfnrtv"\\\']))')
 _SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", '"': '"', "\\": "\\", "'": "'"}
 

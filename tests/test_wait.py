@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import plugin_command
 
-from deviceid_inject import podinfo
-from deviceid_inject.podinfo import NETWORK_STATUS, Wanted
+from deviceid_inject import wait as waiting
+from deviceid_inject.wait import NETWORK_STATUS, Wanted
 
 VF = {"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:3b:02.3"}}
 N6 = {"name": "ran/n6-dpdk", "interface": "net1", "mac": "02:00:00:00:00:01"}
@@ -46,27 +46,27 @@ def downward_file(path: Path, status: list | None, **others: str) -> None:
 
 @pytest.mark.parametrize("value", ['[{"a": "b\\"c"}]', "tab\there\nnewline", "bell\x07", "ünïcode ✓", "nul\x01"])
 def test_go_unquote_inverts_go_quote(value):
-    assert podinfo.go_unquote(go_quote(value)) == value
+    assert waiting.go_unquote(go_quote(value)) == value
 
 
 def test_go_unquote_reads_the_long_escapes_go_writes_for_unprintables():
-    assert podinfo.go_unquote('"\\u00a0\\U0001f600\\x7f"') == "\u00a0\U0001f600\x7f"
+    assert waiting.go_unquote('"\\u00a0\\U0001f600\\x7f"') == "\u00a0\U0001f600\x7f"
 
 
 def test_device_info_of_the_wanted_interface(tmp_path: Path):
     path = tmp_path / "annotations"
     downward_file(path, [{"name": "default", "interface": "eth0"}, {**N6, "device-info": VF}], other='x="y"')
-    assert podinfo.device_info(path.read_text(), Wanted("net1")) == VF
-    assert podinfo.device_info(path.read_text(), Wanted("net1", "ran/n6-dpdk")) == VF
-    assert podinfo.device_info(path.read_text(), Wanted("net1", "ran/other")) is None
-    assert podinfo.device_info(path.read_text(), Wanted("net2")) is None
+    assert waiting.device_info(path.read_text(), Wanted("net1")) == VF
+    assert waiting.device_info(path.read_text(), Wanted("net1", "ran/n6-dpdk")) == VF
+    assert waiting.device_info(path.read_text(), Wanted("net1", "ran/other")) is None
+    assert waiting.device_info(path.read_text(), Wanted("net2")) is None
 
 
 @pytest.mark.parametrize("status", [None, [], [N6]])
 def test_no_device_info_yet(tmp_path: Path, status):
     path = tmp_path / "annotations"
     downward_file(path, status)
-    assert podinfo.device_info(path.read_text(), Wanted("net1")) is None
+    assert waiting.device_info(path.read_text(), Wanted("net1")) is None
 
 
 def run_wait(path: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import os
 import pytest
 from helpers import cni_env, prev_result, run_plugin
 
-from deviceid_inject import commands, vftable
+from deviceid_inject import cni, vftable
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
 
 FALLBACK = "cni/n6-dpdk-ctr-1_net1"
@@ -358,7 +358,7 @@ def test_every_shape_yields_its_device_info_and_pciid(make_config, roots, monkey
     environ = cni_env("ADD", ifname=ifname)
     stdin = io.BytesIO(json.dumps(make_config(sysfs=sysfs, prev=prev)).encode())
     stdout, stderr = io.StringIO(), io.StringIO()
-    assert commands.run(environ, stdin, stdout, stderr) == 0, stdout.getvalue()
+    assert cni.run(environ, stdin, stdout, stderr) == 0, stdout.getvalue()
     assert json.loads(stdout.getvalue())["interfaces"][0]["pciID"] == pci["pci-address"]
     written = read(roots["devinfo"] / f"cni/n6-dpdk-ctr-1_{ifname}")
     assert written == {"type": "pci", "version": "1.1.0", "pci": pci}

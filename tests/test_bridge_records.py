@@ -1,0 +1,129 @@
+"""The bridge's reading of the node's records (bridge/records.py), over a real dataDir: by Pod UID, following
+changes, and every odd file costing only itself."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from bridge import OTHER_VF, UID, VF, record
+
+from deviceid_inject import files
+from deviceid_inject.bridge import records
+from deviceid_inject.bridge.records import RecordIndex
+from deviceid_inject.state import Store
+
+# --- the index over a real dataDir ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def test_index_finds_records_by_pod_uid_and_skips_those_without_a_pod(data_dir: Path):
+    store = Store(str(data_dir))
+    store.save(record("sandbox1"))
+    store.save(record("sandbox2", pod_uid=None))  # cnitool, or a runtime that passes no K8S_POD_UID
+    store.save(record("sandbox3", device_info=None, pci_address=None))  # required: false, nothing found
+    store.save(record("sandbox4", pod_uid="another-pod"))
+    index = RecordIndex(str(data_dir))
+    index.refresh()
+    assert [k.record.container_id for k in index.for_pod(UID)] == ["sandbox1"]
+    assert index.pod_uids() == {UID, "another-pod"}
+
+
+def test_index_follows_changes_and_removals(data_dir: Path):
+    store = Store(str(data_dir))
+    store.save(record("sandbox1", device_info=OTHER_VF))
+    index = RecordIndex(str(data_dir))
+    index.refresh()
+    store.save(record("sandbox1"))
+    path = store.path("sandbox1", "net1")
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1))  # a coarse clock
+    index.refresh()
+    assert [k.record.device_info for k in index.for_pod(UID)] == [VF]
+    store.forget("sandbox1", "net1")
+    index.refresh()
+    assert index.for_pod(UID) == []
+
+
+def test_index_of_a_missing_data_dir_is_empty(tmp_path: Path):
+    index = RecordIndex(str(tmp_path / "nothing-here"))
+    index.refresh()
+    assert index.pod_uids() == set()
+
+
+def test_odd_files_in_the_data_dir_cost_only_themselves(data_dir: Path):
+    """Issue 15, defect 2: a directory, a FIFO, a symlink (to a good record) and a folder that
+    cannot be listed, where records live: each is named once, none is used, the rest is indexed."""
+    store = Store(str(data_dir))
+    store.save(record("sandbox1"))
+    store.save(record("target", pod_uid="linked-pod"))
+    for name in ("dir", "fifo", "link"):
+        (data_dir / name).mkdir()
+    os.mkdir(data_dir / "dir" / "net1.json")
+    os.mkfifo(data_dir / "fifo" / "net1.json")
+    os.symlink(store.path("target", "net1"), data_dir / "link" / "net1.json")
+    index = RecordIndex(str(data_dir))
+    problems = index.refresh()
+    assert sorted(p.partition(":")[0] for p in problems) == [
+        str(data_dir / name / "net1.json") for name in ("dir", "fifo", "link")
+    ]
+    assert [k.record.container_id for k in index.for_pod(UID)] == ["sandbox1"]
+    assert [k.record.container_id for k in index.for_pod("linked-pod")] == ["target"]  # the real one only
+    assert index.refresh() == []  # reported once, while they stay as they are
+
+
+def test_a_record_folder_that_cannot_be_listed_costs_only_itself(data_dir: Path, monkeypatch):
+    store = Store(str(data_dir))
+    store.save(record("sandbox1"))
+    store.save(record("sandbox2", pod_uid="other"))
+    real = os.listdir
+
+    def listdir(path):
+        if str(path).endswith("sandbox2"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)  # root reads a 000 folder: only a stand-in can refuse it
+    index = RecordIndex(str(data_dir))
+    (problem,) = index.refresh()
+    assert "sandbox2" in problem and "Permission denied" in problem
+    assert [k.record.container_id for k in index.for_pod(UID)] == ["sandbox1"]
+
+
+def test_a_record_larger_than_any_of_ours_is_not_read(data_dir: Path, monkeypatch):
+    """Issue 15, defect 6: a 20 MiB record (valid JSON, padded) is ignored without reading it,
+    and one that grows past the bound after the size check is read no further than the bound."""
+    store = Store(str(data_dir))
+    store.save(record("sandbox1", device_info=OTHER_VF))
+    big = Path(store.path("sandbox1", "net1"))
+    big.write_text(big.read_text() + " " * (20 << 20))
+    reads: list[str] = []
+    real_read = files.read_bytes
+    monkeypatch.setattr(files, "read_bytes", lambda path, *args: reads.append(path) or real_read(path, *args))
+    index = RecordIndex(str(data_dir))
+    (problem,) = index.refresh()
+    assert problem.startswith(f"{big}: {big.stat().st_size} bytes, more than a record's")
+    assert index.for_pod(UID) == []
+    assert reads == []  # refused from its size alone
+
+
+def test_a_record_read_is_bounded_even_when_the_file_grows_after_the_size_check(data_dir: Path):
+    store = Store(str(data_dir))
+    store.save(record("sandbox1"))
+    path = store.path("sandbox1", "net1")
+    with open(path, "a") as f:
+        f.write(" " * (records.MAX_RECORD_BYTES + 10))
+    assert store.load("sandbox1", "net1") is not None  # the CNI path reads whole records, as before
+    assert store.load("sandbox1", "net1", max_bytes=records.MAX_RECORD_BYTES) is None
+
+
+def test_a_record_whose_device_info_is_not_strict_json_is_not_used(data_dir: Path):
+    store = Store(str(data_dir))
+    store.save(record("sandbox1", device_info={"type": "pci", "x": float("nan")}))
+    index = RecordIndex(str(data_dir))
+    assert index.refresh() == []
+    assert index.for_pod(UID) == []
