@@ -10,6 +10,8 @@ import pytest
 from helpers import REPO, TESTDATA, passed_through, plugin_command
 from kube import free_port
 
+from deviceid_inject.protocol import SUPPORTED_VERSIONS
+
 NAD = REPO / "deploy" / "nad-n6-dpdk.yaml"
 
 
@@ -38,7 +40,8 @@ def test_version_names_the_version_and_the_build():
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("deviceid-inject 0.")
-    assert "CNI spec versions: 0.3.0 0.3.1 0.4.0 1.0.0 1.1.0" in proc.stdout
+    # The protocol's own list, so the version text and what VERSION answers cannot drift apart.
+    assert f"CNI spec versions: {' '.join(SUPPORTED_VERSIONS)}" in proc.stdout
     expected = "built " if os.environ.get("DEVICEID_INJECT_EXE") else "not compiled"
     assert lines[1].startswith(expected)
 
