@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import tools
 import yaml
-from helpers import REPO, kustomize, wait_for
+from helpers import PLACEHOLDER, REPO, kustomize, wait_for
 from kube import Api, ApiError
 
 from deviceid_inject.annotations import NETWORKS
@@ -38,7 +38,6 @@ from deviceid_inject.annotations import NETWORKS
 DEPLOY = REPO / "deploy"
 SELECTION_ROUTE = DEPLOY / "selection-route"
 NAME = "deviceid-inject-selection-route"  # the policy and its binding
-PLACEHOLDER = "0000:00:00.0"
 DISABLED_LABEL = "deviceid-inject/selection-route"  # =disabled: the binding leaves the namespace alone
 POLICY_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicies/{NAME}"
 BINDING_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicybindings/{NAME}"

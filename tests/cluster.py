@@ -29,7 +29,6 @@ TEST_IMAGES = "localhost/deviceid-inject-test"
 DEPLOY = REPO / "deploy"
 PUBLISHED_IMAGE = "ghcr.io/deviceid-inject/deviceid-inject"  # what deploy/'s manifests name
 PLUGIN_LOG = "/var/log/deviceid-inject.log"  # on the node
-PLACEHOLDER = "0000:00:00.0"  # the selection route's deviceID: no PCI function anywhere
 DEVICEID_INJECT = "/usr/local/bin/deviceid-inject"  # in the image
 
 

@@ -45,6 +45,8 @@ SYSFS_IAVF = SYSFS / "vf-iavf"
 NET1_PCI = "0000:3b:02.3"
 NET1_PF = "0000:3b:00.0"
 NET1_DEVICE_INFO = {"type": "pci", "version": "1.1.0", "pci": {"pci-address": NET1_PCI, "pf-pci-address": NET1_PF}}
+# The selection route's deviceID: a PCI address no host has, which the plugin treats as absent.
+PLACEHOLDER = "0000:00:00.0"
 
 # Codes the README documents; 199 ("a bug of ours") is never acceptable.
 DOCUMENTED_CODES = frozenset({1, 4, 5, 6, 7, 11, 50, 100, 101, 102})

@@ -23,8 +23,6 @@ import pytest
 from admission import (
     BINDING_PATH,
     DISABLED_LABEL,
-    NETWORKS,
-    PLACEHOLDER,
     POLICY_PATH,
     MultusParsers,
     SelectionDefaulter,
@@ -38,14 +36,14 @@ from admission import (
     selection_of,
     wait_rewrites,
 )
-from helpers import wait_for
+from helpers import PLACEHOLDER, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kube import Api, ApiServer, apply, namespace
 
-pytestmark = [pytest.mark.multus]
+from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORKS
 
-ANNOTATIONS_LIMIT = 256 * 1024  # the API server's limit on a Pod's annotations, keys and values, in bytes
+pytestmark = [pytest.mark.multus]
 
 
 @dataclass

@@ -32,8 +32,7 @@ from helpers import NET1_DEVICE_INFO, Impl, wait_for
 from kube import Api, ApiError, ApiServer, jwt_claims, network_status, service_account_token
 from multus import NODE, Sandbox, Scene, host_device
 
-from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS_STATUS
-from deviceid_inject.bridge.changes import ANNOTATIONS_LIMIT
+from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORK_STATUS, NETWORKS_STATUS
 from deviceid_inject.state import Record, Store
 
 pytestmark = [pytest.mark.netns, pytest.mark.multus]

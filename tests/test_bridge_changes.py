@@ -8,9 +8,9 @@ import json
 import pytest
 from bridge import DEVICE_PLUGINS, OTHER_VF, VF, record
 
-from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS_STATUS
+from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORK_STATUS, NETWORKS_STATUS
 from deviceid_inject.bridge import changes
-from deviceid_inject.bridge.changes import ANNOTATIONS_LIMIT, Refused, pick, with_device_info
+from deviceid_inject.bridge.changes import Refused, pick, with_device_info
 from deviceid_inject.bridge.records import Known
 
 

@@ -10,14 +10,13 @@ rows are the README's Multus matrix.
 from __future__ import annotations
 
 import pytest
-from helpers import NET1_DEVICE_INFO, NET1_PCI, attachment_state, fallback_name, files_under, read_json
+from helpers import NET1_DEVICE_INFO, NET1_PCI, PLACEHOLDER, attachment_state, fallback_name, files_under, read_json
 from multus import NETWORK, THICK, Scene, host_device, macvlan
 from tools import MULTUS_V4_VERSIONS
 
 pytestmark = [pytest.mark.netns, pytest.mark.multus]
 
 RESOURCE = "intel.com/sriov_n6"
-PLACEHOLDER = "0000:00:00.0"
 
 
 def selection(**extra: str) -> list[dict[str, str]]:

@@ -19,11 +19,13 @@ from typing import Any
 
 import pytest
 from bridge import VFS, device_info
-from cluster import NETWORK_STATUS, PLACEHOLDER, Cluster, entry, ready
+from cluster import Cluster, entry, ready
 from harness import NotReady
-from helpers import files_under
+from helpers import PLACEHOLDER, files_under
 from kube import Watch
 from node import Node, build_our_image
+
+from deviceid_inject.annotations import NETWORK_STATUS
 
 pytestmark = [pytest.mark.node]
 

@@ -31,15 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from admission import PLACEHOLDER, overlay, remove, selection_of, wait_rewrites
+from admission import overlay, remove, selection_of, wait_rewrites
 from bridge import VFS, device_info
-from cluster import NETWORK_STATUS, Cluster, entry, ready
+from cluster import Cluster, entry, ready
 from harness import kill_group
-from helpers import TESTDATA
+from helpers import PLACEHOLDER, TESTDATA
 from kube import Seen, Watch
 from node import Node
 
 from deviceid_inject import wait as waiting
+from deviceid_inject.annotations import NETWORK_STATUS
 
 pytestmark = [pytest.mark.node]
 

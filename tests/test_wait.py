@@ -12,7 +12,8 @@ import pytest
 from helpers import plugin_command
 
 from deviceid_inject import wait as waiting
-from deviceid_inject.wait import NETWORK_STATUS, Wanted
+from deviceid_inject.annotations import NETWORK_STATUS
+from deviceid_inject.wait import Wanted
 
 VF = {"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:3b:02.3"}}
 N6 = {"name": "ran/n6-dpdk", "interface": "net1", "mac": "02:00:00:00:00:01"}

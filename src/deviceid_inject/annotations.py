@@ -6,3 +6,7 @@ NETWORKS = "k8s.v1.cni.cncf.io/networks"
 NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 # The key every Multus before v4 wrote next to NETWORK_STATUS, with the same value; v4 dropped it.
 NETWORKS_STATUS = "k8s.v1.cni.cncf.io/networks-status"
+
+# The API server refuses an object whose annotations (keys and values, in bytes) exceed this
+# (apimachinery's TotalAnnotationSizeLimitB).
+ANNOTATIONS_LIMIT = 256 * 1024

@@ -12,15 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..annotations import NETWORK_STATUS, NETWORKS_STATUS
+from ..annotations import ANNOTATIONS_LIMIT, NETWORK_STATUS, NETWORKS_STATUS
 from ..state import Record
 from .jsontext import Entry, NotUnderstood, add_member, entries
 from .records import Known
 
 DEVICE_INFO = "device-info"
-# The API server refuses an object whose annotations (keys and values, in bytes) exceed this
-# (apimachinery's TotalAnnotationSizeLimitB).
-ANNOTATIONS_LIMIT = 256 * 1024
 # network-status is [entry {dns {nameservers [..]}}] or [entry {device-info {pci {..}}}]: a few
 # levels. What is nested deeper is not a network-status we would understand.
 MAX_DEPTH = 64
