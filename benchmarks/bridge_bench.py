@@ -56,10 +56,11 @@ from bridge import VFS, BridgeProcess, agent_api, device_info, install  # noqa: 
 from helpers import CNI_BIN, have_cni_tools  # noqa: E402
 from kube import Api, ApiServer, missing_tools, network_status  # noqa: E402
 from multus import NODE, Scene, host_device, multus_binary  # noqa: E402
+from tools import FIELD_MULTUS  # noqa: E402
 
 from deviceid_inject.bridge.main import DEFAULT_RESYNC  # noqa: E402
 
-MULTUS = "v4.0.2"
+MULTUS = FIELD_MULTUS
 LATENCY = "deviceid_inject_bridge_patch_latency_seconds"
 TICK = os.sysconf("SC_CLK_TCK")
 

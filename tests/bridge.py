@@ -25,6 +25,7 @@ from harness import base_env
 from helpers import REPO, passed_through
 from kube import Api, ApiError, ApiServer, apply, namespace, node, service_account_token
 
+from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS_STATUS
 from deviceid_inject.state import Record
 
 DEPLOY = REPO / "deploy"
@@ -32,8 +33,6 @@ ACCOUNT_NAMESPACE = "kube-system"
 ACCOUNT = "deviceid-inject-bridge"
 USERNAME = f"system:serviceaccount:{ACCOUNT_NAMESPACE}:{ACCOUNT}"
 MERGE = "application/merge-patch+json"
-NETWORK_STATUS_KEY = "k8s.v1.cni.cncf.io/network-status"
-NETWORKS_STATUS_KEY = "k8s.v1.cni.cncf.io/networks-status"
 NODES = ("node-a", "node-b")
 # The 16 VFs of the vf-iavf fixture: a Pod's NAD names one, so a swap between Pods shows.
 VFS = [f"0000:3b:0{1 + i // 8}.{i % 8}" for i in range(16)]
@@ -114,8 +113,8 @@ def networks_status_allowed(kube: ApiServer, agent: Api, probe_pod_path: str) ->
 
 def copy_of_network_status(pod: dict[str, Any]) -> dict[str, Any]:
     """A pods/status merge patch that makes networks-status equal to the Pod's network-status."""
-    value = pod["metadata"]["annotations"][NETWORK_STATUS_KEY]
-    return {"metadata": {"annotations": {NETWORKS_STATUS_KEY: value}}}
+    value = pod["metadata"]["annotations"][NETWORK_STATUS]
+    return {"metadata": {"annotations": {NETWORKS_STATUS: value}}}
 
 
 def _wait_for_copy(agent: Api, pod_path: str, allowed: bool) -> None:
@@ -124,7 +123,7 @@ def _wait_for_copy(agent: Api, pod_path: str, allowed: bool) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         value = json.dumps([{"probe": uuid.uuid4().hex}])
-        both = {"metadata": {"annotations": {NETWORK_STATUS_KEY: value, NETWORKS_STATUS_KEY: value}}}
+        both = {"metadata": {"annotations": {NETWORK_STATUS: value, NETWORKS_STATUS: value}}}
         code = agent.status_code("PATCH", f"{pod_path}/status", both, MERGE)
         if code == (200 if allowed else 403):
             return

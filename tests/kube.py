@@ -33,6 +33,8 @@ import tools
 from harness import Service
 from helpers import TESTDATA
 
+from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS
+
 APISERVER = tools.kube("kube-apiserver")
 ETCD = tools.ETCD
 ADMIN_TOKEN = "deviceid-inject-test-admin"  # a static token of the loopback test bed
@@ -281,13 +283,13 @@ def pod(name: str, node: str, networks: Any, annotations: dict[str, str] | None 
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "annotations": {"k8s.v1.cni.cncf.io/networks": selection, **(annotations or {})}},
+        "metadata": {"name": name, "annotations": {NETWORKS: selection, **(annotations or {})}},
         "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
     }
 
 
 def network_status(pod_object: dict[str, Any]) -> list[dict[str, Any]] | None:
-    raw = pod_object["metadata"].get("annotations", {}).get("k8s.v1.cni.cncf.io/network-status")
+    raw = pod_object["metadata"].get("annotations", {}).get(NETWORK_STATUS)
     return None if raw is None else json.loads(raw)
 
 

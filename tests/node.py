@@ -444,7 +444,7 @@ class Node:
         self.host_path("/etc/cni/net.d/10-bridge.conflist").write_text(json.dumps(conflist, indent=2))
         config = self.config / "containerd.toml"
         config.write_text(CONTAINERD_CONFIG.format(runc=tools.RUNC, pause=PAUSE_IMAGE))
-        env = base_env(PATH=f"{tools.CONTAINERD_BIN}:{os.environ.get('PATH', '')}")
+        env = base_env(PATH=f"{tools.CONTAINERD_BIN}:{base_env()['PATH']}")
         containerd = self._service(
             "containerd", [str(tools.CONTAINERD_BIN / "containerd"), "--config", str(config)], env
         )

@@ -31,8 +31,9 @@ from bridge import (
 from helpers import NET1_DEVICE_INFO, Impl, wait_for
 from kube import Api, ApiError, ApiServer, jwt_claims, network_status, service_account_token
 from multus import NODE, Sandbox, Scene, host_device
+from tools import FIELD_MULTUS
 
-from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORK_STATUS, NETWORKS_STATUS
+from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORK_STATUS, NETWORKS, NETWORKS_STATUS
 from deviceid_inject.state import Record, Store
 
 pytestmark = [pytest.mark.netns, pytest.mark.multus]
@@ -78,7 +79,7 @@ def attach(scene: Scene, name: str, vf: str | None = None, node_name: str = NODE
     network = f"n6-{name}"
     box = scene.sandbox(name, network, node_name, **annotations)
     scene.create_nad(host_device(box.peer), name=network, device_id=vf)
-    scene.add("v4.0.2", box)
+    scene.add(FIELD_MULTUS, box)
     return box
 
 
@@ -131,7 +132,7 @@ def test_device_info_appears_after_multus_writes_and_nothing_else_changes(scene:
     agent = start_bridge()
     box = scene.sandbox("upf-0", "n6-upf-0", other="kept")
     scene.create_nad(host_device(box.peer), name="n6-upf-0")
-    written = scene.add("v4.0.2", box)
+    written = scene.add(FIELD_MULTUS, box)
     before = network_status(written)
 
     wait_for(lambda: device_info_of(scene, "upf-0"), why="device-info from the bridge\n" + agent.log())
@@ -178,11 +179,11 @@ def test_multus_rewriting_network_status_gets_device_info_again(scene: Scene, st
     start_bridge()
     box = attach(scene, "upf-0", VFS[2])
     wait_for(lambda: device_info_of(scene, "upf-0"))
-    assert scene.multus("v4.0.2", "DEL", box).code == 0
+    assert scene.multus(FIELD_MULTUS, "DEL", box).code == 0
     scene.api.delete(f"/apis/k8s.cni.cncf.io/v1/namespaces/{scene.ns}/network-attachment-definitions/n6-upf-0")
     second = Sandbox(box.pod, f"sandbox{uuid.uuid4().hex[:12]}", scene.make_netns(), *scene.make_veth())
     scene.create_nad(host_device(second.peer), name="n6-upf-0", device_id=VFS[3])
-    scene.add("v4.0.2", second)  # the bridge may already have re-applied when this returns
+    scene.add(FIELD_MULTUS, second)  # the bridge may already have re-applied when this returns
     wait_for(lambda: device_info_of(scene, "upf-0") == device_info(VFS[3]), why="re-applied after Multus")
 
 
@@ -223,7 +224,7 @@ def test_other_writers_lose_nothing(scene: Scene, start_bridge):
     writer = threading.Thread(target=other_writer)
     writer.start()
     try:
-        scene.add("v4.0.2", box)
+        scene.add(FIELD_MULTUS, box)
         wait_for(lambda: device_info_of(scene, "upf-0"), why="device-info under concurrent writes")
     finally:
         stop.set()
@@ -404,7 +405,7 @@ def test_a_change_that_would_exceed_the_limit_is_not_tried(scene: Scene, start_b
     """Annotations a few bytes under the limit: device-info would take them over. The Pod is left
     alone, once, with no 422 at every resync; the other Pods are served."""
     raw = compact_status(200_000, scene.ns)
-    used = len(NETWORK_STATUS) + len(raw) + len("k8s.v1.cni.cncf.io/networks") + len("n6-x") + len("filler")
+    used = len(NETWORK_STATUS) + len(raw) + len(NETWORKS) + len("n6-x") + len("filler")
     with_status(scene, "full", raw, VFS[2], filler="x" * (ANNOTATIONS_LIMIT - used - 40))
     agent = start_bridge()
     attach(scene, "control", VFS[3])

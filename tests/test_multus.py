@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from helpers import NET1_DEVICE_INFO, NET1_PCI, PLACEHOLDER, attachment_state, fallback_name, files_under, read_json
 from multus import NETWORK, THICK, Scene, host_device, macvlan
-from tools import MULTUS_V4_VERSIONS
+from tools import FIELD_MULTUS, MULTUS_V4_VERSIONS, V3_GATED, V3_UNGATED
 
 pytestmark = [pytest.mark.netns, pytest.mark.multus]
 
@@ -27,7 +27,7 @@ def selection(**extra: str) -> list[dict[str, str]]:
 # --- Multus v4.0.2 and v3.7.2: the gate ---------------------------------------------------------------
 
 
-GATED = (*MULTUS_V4_VERSIONS, "v3.7.2")  # every version with the deviceID gate: each is a row of the README matrix
+GATED = (*MULTUS_V4_VERSIONS, V3_GATED)  # every version with the deviceID gate: each is a row of the README matrix
 
 
 @pytest.mark.parametrize("version", [*GATED, THICK])
@@ -54,14 +54,14 @@ def test_v4_with_a_device_plugin_allocation_carries_our_fields(scene: Scene):
     box = scene.sandbox("upf-0")
     scene.create_nad(macvlan(box.host_end), annotations={"k8s.v1.cni.cncf.io/resourceName": RESOURCE})
     scene.node.device_plugin_allocation(box.uid, RESOURCE, [NET1_PCI])
-    pod = scene.add("v4.0.2", box)
+    pod = scene.add(FIELD_MULTUS, box)
 
     assert scene.entry(pod)["device-info"] == NET1_DEVICE_INFO
     assert scene.our_file(scene.multus_named_file(box)) == NET1_DEVICE_INFO
     record = read_json(scene.data_dir / box.container_id / "net1.json")
     assert record["strategy"] == "runtimeConfig deviceID"
 
-    out = scene.multus("v4.0.2", "DEL", box)
+    out = scene.multus(FIELD_MULTUS, "DEL", box)
     assert out.code == 0, out.stdout + out.stderr
     assert attachment_state(scene.data_dir) == []
 
@@ -69,12 +69,12 @@ def test_v4_with_a_device_plugin_allocation_carries_our_fields(scene: Scene):
 def test_v3_7_1_hands_every_delegate_a_path_and_network_status_has_our_device_info(scene: Scene):
     box = scene.sandbox("upf-0")
     scene.create_nad(host_device(box.peer))
-    pod = scene.add("v3.7.1", box)
+    pod = scene.add(V3_UNGATED, box)
 
     assert scene.entry(pod)["device-info"] == NET1_DEVICE_INFO
     assert scene.our_file(scene.multus_named_file(box)) == NET1_DEVICE_INFO
 
-    out = scene.multus("v3.7.1", "DEL", box)
+    out = scene.multus(V3_UNGATED, "DEL", box)
     assert out.code == 0, out.stdout + out.stderr
     assert files_under(scene.node.devinfo) == []
     assert attachment_state(scene.data_dir) == []
@@ -107,6 +107,6 @@ def test_v4_selection_route_breaks_a_first_plugin_that_takes_the_placeholder(sce
     placeholder as runtimeConfig.deviceID, looks for that PCI function and fails the ADD."""
     box = scene.sandbox("upf-0", selection(deviceID=PLACEHOLDER))
     scene.create_nad(host_device(box.peer, declare_device_id=True))
-    out = scene.multus("v4.0.2", "ADD", box)
+    out = scene.multus(FIELD_MULTUS, "ADD", box)
     assert out.code != 0
     assert PLACEHOLDER in out.stdout + out.stderr

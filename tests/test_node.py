@@ -25,7 +25,7 @@ from helpers import PLACEHOLDER, files_under
 from kube import Watch
 from node import Node, build_our_image
 
-from deviceid_inject.annotations import NETWORK_STATUS
+from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS_STATUS
 
 pytestmark = [pytest.mark.node]
 
@@ -416,4 +416,4 @@ def test_network_status_is_the_annotation_multus_writes(on_node: Cluster, node_n
     pod = cluster.wait_ready(ns, "upf-keys")
     annotations = pod["metadata"]["annotations"]
     assert NETWORK_STATUS in annotations
-    assert "k8s.v1.cni.cncf.io/networks-status" not in annotations
+    assert NETWORKS_STATUS not in annotations
