@@ -19,8 +19,9 @@ from typing import Any
 
 import tools
 from harness import Outcome
-from helpers import REPO, SYSFS_IAVF
-from kube import ApiError, nad, network_status
+from helpers import REPO
+from kube import ApiError, network_status
+from multus import field_nad
 from node import PAUSE_IMAGE, Node, build_image
 
 from deviceid_inject.annotations import NETWORKS
@@ -212,16 +213,7 @@ class Cluster:
         first = {"type": "host-device", "device": device, "capabilities": {"ips": True, "CNIDeviceInfoFile": True}}
         if sriov_device_id:
             first["capabilities"]["deviceID"] = True
-        inject: dict[str, Any] = {
-            "type": "deviceid-inject",
-            "sysfsRoot": str(SYSFS_IAVF),  # a test seam: this machine has no SR-IOV NIC
-            "logFile": PLUGIN_LOG,
-            "logLevel": "info",
-            "capabilities": {"deviceID": True, "CNIDeviceInfoFile": True},
-        }
-        if vf:
-            inject["deviceID"] = vf
-        body = nad(name, {"cniVersion": "0.3.0", "name": name, "plugins": [first, inject]})
+        body = field_nad(name, first, data_dir=None, log_file=PLUGIN_LOG, device_id=vf, log_level="info")
         body["metadata"]["namespace"] = namespace
         self.apply(body)
 

@@ -81,6 +81,24 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.communicate()
 
 
+def poll(
+    ready: Callable[[], Any], timeout: float, interval: float, gone: Callable[[], str | None] = lambda: None
+) -> Any:
+    """Call `ready` until it returns something true, which is returned. TimeoutError once `timeout`
+    passes; NotReady as soon as `gone` names a reason that waiting longer is pointless."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reason = gone()
+        if reason:
+            raise NotReady(reason)
+        value = ready()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not after {timeout:g} s")
+        time.sleep(interval)
+
+
 class NotReady(RuntimeError):
     """A service exited or missed its deadline; the message carries the tail of its log."""
 
@@ -127,16 +145,16 @@ class Service:
     ) -> Any:
         """Poll `ready` until it returns something true, which is returned; NotReady with the log's
         tail when the process exits first or `timeout` passes."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise NotReady(f"{self.name} exited with {self.proc.returncode} before it was {what}\n{self.tail()}")
-            value = ready()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise NotReady(f"{self.name} not {what} after {timeout:g} s\n{self.tail()}")
-            time.sleep(interval)
+
+        def exited() -> str | None:
+            if self.proc is None or self.proc.poll() is None:
+                return None
+            return f"{self.name} exited with {self.proc.returncode} before it was {what}\n{self.tail()}"
+
+        try:
+            return poll(ready, timeout, interval, exited)
+        except TimeoutError:
+            raise NotReady(f"{self.name} not {what} after {timeout:g} s\n{self.tail()}") from None
 
     def log(self) -> str:
         try:

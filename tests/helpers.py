@@ -20,7 +20,6 @@ import string
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,11 +361,7 @@ def kustomize(folder: Path) -> list[dict[str, Any]]:
 
 def wait_for(what: Callable[[], Any], timeout: float = 30, why: str = "", interval: float = 0.05) -> Any:
     """Call `what` until it returns something true, which is returned; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {why}")
-        time.sleep(interval)
+    try:
+        return harness.poll(what, timeout, interval)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout} s: {why}") from None

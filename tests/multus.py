@@ -266,21 +266,24 @@ NETWORK = "n6-dpdk"
 def field_nad(
     name: str,
     first: dict[str, Any],
-    data_dir: Path,
-    log_file: Path,
+    data_dir: Path | None,
+    log_file: Path | str,
     annotations: dict[str, str] | None = None,
     device_id: str | None = None,
+    log_level: str = "debug",
 ) -> dict[str, Any]:
     """The field's NAD: one chain at 0.3.0, the plugin that makes net1 first, then deviceid-inject
-    (over the vf-iavf fixture tree, where net1 is VF 0000:3b:02.3; `device_id` names another)."""
+    (over the vf-iavf fixture tree, where net1 is VF 0000:3b:02.3; `device_id` names another).
+    `data_dir` None: the plugin's default dataDir, as on a node."""
     inject: dict[str, Any] = {
         "type": "deviceid-inject",
-        "sysfsRoot": str(SYSFS_IAVF),
-        "dataDir": str(data_dir),
+        "sysfsRoot": str(SYSFS_IAVF),  # a test seam: this machine has no SR-IOV NIC
         "logFile": str(log_file),
-        "logLevel": "debug",
+        "logLevel": log_level,
         "capabilities": {"deviceID": True, "CNIDeviceInfoFile": True},
     }
+    if data_dir is not None:
+        inject["dataDir"] = str(data_dir)
     if device_id:
         inject["deviceID"] = device_id
     config = {"cniVersion": "0.3.0", "name": name, "plugins": [first, inject]}

@@ -443,12 +443,9 @@ def prev_results():
     )
 
 
-@st.composite
-def configs(draw, base: str) -> dict[str, Any]:
-    """A valid config with some keys replaced by anything. Never without deviceInfoRoot, dataDir or
-    sysfsRoot (their defaults are the host's own), never with a logFile path (a legitimate write
-    outside the roots)."""
-    conf: dict[str, Any] = {
+def valid_config(base: str) -> dict[str, Any]:
+    """A valid config over the vf-iavf fixture whose roots are under `base`."""
+    return {
         "cniVersion": "1.1.0",
         "name": "n6-dpdk",
         "type": "deviceid-inject",
@@ -457,6 +454,14 @@ def configs(draw, base: str) -> dict[str, Any]:
         "dataDir": f"{base}/state",
         "prevResult": {"cniVersion": "1.1.0", "interfaces": [{"name": "net1", "sandbox": "/var/run/netns/pod"}]},
     }
+
+
+@st.composite
+def configs(draw, base: str) -> dict[str, Any]:
+    """A valid config with some keys replaced by anything. Never without deviceInfoRoot, dataDir or
+    sysfsRoot (their defaults are the host's own), never with a logFile path (a legitimate write
+    outside the roots)."""
+    conf = valid_config(base)
     changes = {
         "cniVersion": st.sampled_from([*SUPPORTED_VERSIONS, "0.2.0", "9.9.9"]) | JSON,
         "name": TEXT | JSON,
@@ -605,15 +610,7 @@ def outcome(root: Path, config: dict[str, Any], command: str, warm_up: bool) -> 
     return (code, (strict_json(stdout).get("code") if code else None)), True in lookups
 
 
-VALID_CONFIG = {
-    "cniVersion": "1.1.0",
-    "name": "n6-dpdk",
-    "type": "deviceid-inject",
-    "sysfsRoot": str(SYSFS / "vf-iavf"),
-    "deviceInfoRoot": "@BASE@/devinfo",
-    "dataDir": "@BASE@/state",
-    "prevResult": {"cniVersion": "1.1.0", "interfaces": [{"name": "net1", "sandbox": "/var/run/netns/pod"}]},
-}
+VALID_CONFIG = valid_config("@BASE@")
 
 
 @FUZZ

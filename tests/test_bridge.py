@@ -26,6 +26,7 @@ from bridge import (
     device_info,
     install,
     networks_status_allowed,
+    record,
     wait_for_policy,
 )
 from helpers import NET1_DEVICE_INFO, Impl, wait_for
@@ -34,7 +35,7 @@ from multus import NODE, Sandbox, Scene, host_device
 from tools import FIELD_MULTUS
 
 from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORK_STATUS, NETWORKS, NETWORKS_STATUS
-from deviceid_inject.state import Record, Store
+from deviceid_inject.state import Store
 
 pytestmark = [pytest.mark.netns, pytest.mark.multus]
 
@@ -102,12 +103,10 @@ def assert_one_insertion(before: str, after: str, device: dict[str, Any] = NET1_
 def our_record(scene: Scene, box: Sandbox, vf: str, network: str = "n6-x") -> None:
     """The record ADD would have left for the Pod's net1, written straight into the scene's dataDir."""
     Store(str(scene.data_dir)).save(
-        Record(
-            container_id=box.container_id,
-            ifname="net1",
+        record(
+            box.container_id,
             network=network,
             pci_address=vf,
-            strategy="netdev sysfs",
             device_info_file=None,
             created_file=False,
             pod_namespace=scene.ns,
@@ -269,21 +268,7 @@ def test_a_pod_on_another_node_is_never_touched(scene: Scene, start_bridge):
     # A record that claims a Pod of node-b (as a bug or a shared dataDir might leave one).
     status = [{"name": f"{scene.ns}/n6-x", "interface": "net1", "mac": "02:00:00:00:00:0a"}]
     foreign = scene.sandbox("foreign", "n6-x", node_name=OTHER_NODE, **{NETWORK_STATUS: json.dumps(status)})
-    Store(str(scene.data_dir)).save(
-        Record(
-            container_id="sandboxforeign",
-            ifname="net1",
-            network="n6-x",
-            pci_address=VFS[10],
-            strategy="netdev sysfs",
-            device_info_file=None,
-            created_file=False,
-            pod_namespace=scene.ns,
-            pod_name="foreign",
-            pod_uid=foreign.uid,
-            device_info=device_info(VFS[10]),
-        )
-    )
+    our_record(scene, foreign, VFS[10])
     agent = start_bridge()
     attach(scene, "control", VFS[11])
     wait_for(lambda: device_info_of(scene, "control"), why="the control Pod\n" + agent.log())

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import httpx
 import pytest
+from bridge import record as bridge_record
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from lightkube.core.exceptions import ApiError
@@ -123,7 +124,16 @@ class FakeClient:
 
 
 def record(uid: str = UID, name: str = "upf-0", container_id: str = "sandbox1") -> Record:
-    return Record(container_id, "net1", "n6", "0000:3b:02.3", "netdev sysfs", None, False, "ran", name, uid, VF)
+    """A record of the Pod `name` on network n6, as ADD leaves it without a Multus path."""
+    return bridge_record(
+        container_id,
+        network="n6",
+        device_info_file=None,
+        created_file=False,
+        pod_name=name,
+        pod_uid=uid,
+        device_info=VF,
+    )
 
 
 @pytest.fixture
@@ -391,13 +401,16 @@ def test_a_pod_whose_patch_keeps_failing_is_retried_with_its_own_growing_backoff
 
 
 def test_an_api_error_on_one_pods_patch_is_retried_for_that_pod_only(data_dir: Path):
+    now = [0.0]  # the queue's clock: the retry is due when the test says so, never during the drain
     client = FakeClient(two_pods(data_dir), [[]], fail=lambda name: api_error(500) if name == "upf-0" else None)
-    bridge, log = run(client, data_dir, retry_initial=0.001)
+    bridge, log = run(client, data_dir, retry_initial=1.0, clock=lambda: now[0])
     assert client.patched == ["good-0"]
     assert errors(bridge, "patch") == 1
     assert errors(bridge, "pod") == 0
-    assert "ran/upf-0 (uid uid-1): API error 500: HTTP 500; trying this Pod again" in log
-    assert bridge.step(timeout=5) == UID  # back after its backoff
+    assert "ran/upf-0 (uid uid-1): API error 500: HTTP 500; trying this Pod again in 1.0 s" in log
+    assert bridge.step(timeout=0) is None  # not before its backoff
+    now[0] += 1.0
+    assert bridge.step(timeout=0) == UID  # back after it
     assert client.attempts.count("upf-0") == 2
 
 
