@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
-import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from harness import base_env
-from helpers import REPO, passed_through
+from harness import NotReady, Service, base_env
+from helpers import REPO, passed_through, wait_for
 from kube import Api, ApiError, ApiServer, apply, namespace, node, service_account_token
 
 from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS_STATUS
@@ -120,32 +116,31 @@ def copy_of_network_status(pod: dict[str, Any]) -> dict[str, Any]:
 def _wait_for_copy(agent: Api, pod_path: str, allowed: bool) -> None:
     """Until a new value of both keys is allowed (or refused): bindings take a moment to reach the
     admission plugin."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def answered() -> bool:
         value = json.dumps([{"probe": uuid.uuid4().hex}])
         both = {"metadata": {"annotations": {NETWORK_STATUS: value, NETWORKS_STATUS: value}}}
-        code = agent.status_code("PATCH", f"{pod_path}/status", both, MERGE)
-        if code == (200 if allowed else 403):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"the API server did not {'allow' if allowed else 'refuse'} networks-status within 30 s")
+        return agent.status_code("PATCH", f"{pod_path}/status", both, MERGE) == (200 if allowed else 403)
+
+    wait_for(answered, 30, f"the API server to {'allow' if allowed else 'refuse'} networks-status", 0.2)
 
 
 def wait_for_policy(kube: ApiServer, agent: Api, foreign_pod_path: str) -> None:
     """The admission policy takes a moment to load: wait until it refuses a change it must refuse."""
-    deadline = time.monotonic() + 30
     body = {"metadata": {"labels": {"policy-probe": "1"}}}
-    while time.monotonic() < deadline:
-        code = agent.status_code("PATCH", f"{foreign_pod_path}/status", body, MERGE)
-        if code == 403 or code == 422:
-            return
-        time.sleep(0.2)
-    raise RuntimeError("the bridge's admission policy did not start refusing within 30 s")
+    refused = (403, 422)
+    wait_for(
+        lambda: agent.status_code("PATCH", f"{foreign_pod_path}/status", body, MERGE) in refused,
+        30,
+        "the bridge's admission policy to start refusing",
+        0.2,
+    )
 
 
 @dataclass
 class BridgeProcess:
-    """`deviceid-inject bridge` for one node; its metrics port is read from its log."""
+    """`deviceid-inject bridge` for one node, run on the test bed's harness; its log goes next to its
+    kubeconfig, and its metrics port is read from that log."""
 
     command: list[str]
     kubeconfig: Path
@@ -153,48 +148,44 @@ class BridgeProcess:
     node: str = "node-a"
     resync: float = 1.0
     extra: tuple[str, ...] = ()  # more flags, e.g. --legacy-networks-status
-    proc: subprocess.Popen | None = None
     port: int = 0
-    lines: list[str] = field(default_factory=list)
-    _reader: threading.Thread | None = None
+    service: Service | None = field(default=None, repr=False)
+    _since: int = 0  # where this start's part of the log begins
 
     def start(self) -> BridgeProcess:
-        argv = [
-            *self.command, "bridge",
-            "--node", self.node,
-            "--kubeconfig", str(self.kubeconfig),
-            "--data-dir", str(self.data_dir),
-            "--listen", "127.0.0.1:0",
-            "--resync", str(self.resync),
-            "--log-level", "debug",
-            *self.extra,
-        ]  # fmt: skip
-        env = base_env(**passed_through())
-        self.lines = []
+        if self.service is None:
+            argv = [
+                *self.command, "bridge",
+                "--node", self.node,
+                "--kubeconfig", str(self.kubeconfig),
+                "--data-dir", str(self.data_dir),
+                "--listen", "127.0.0.1:0",
+                "--resync", str(self.resync),
+                "--log-level", "debug",
+                *self.extra,
+            ]  # fmt: skip
+            self.service = Service("bridge", argv, self.kubeconfig.with_suffix(".log"), base_env(**passed_through()))
+        self._since = len(self.service.log())
         self.port = 0
-        self.proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + 60
-        while not self.port:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the bridge did not start:\n" + self.log())
-            time.sleep(0.05)
+        self.service.start()
+        try:
+            self.port = self.service.wait_until(self._serving_port, 60, "serving")
+        except NotReady:
+            self.stop()
+            raise
         return self
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            found = re.search(r"serving on [\d.]+:(\d+)", line)
-            if found:
-                self.port = int(found.group(1))
+    def _serving_port(self) -> int:
+        found = re.search(r"serving on [\d.]+:(\d+)", self.log())
+        return int(found.group(1)) if found else 0
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.service.proc if self.service else None
 
     def log(self) -> str:
-        return "".join(self.lines)
+        """What the agent printed since its last start."""
+        return self.service.log()[self._since :] if self.service else ""
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -212,35 +203,15 @@ class BridgeProcess:
         return 0.0
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.get("/readyz")[0] != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the bridge never became ready:\n" + self.log())
-            time.sleep(0.1)
+        assert self.service is not None, "the bridge was never started"
+        self.service.wait_until(lambda: self.get("/readyz")[0] == 200, timeout, "ready")
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.service is not None and self.service.alive()
 
     def stop(self, timeout: float = 15) -> int | None:
-        """SIGTERM, then SIGKILL if it does not end in time; returns the exit code SIGTERM got."""
-        if self.proc is None:
-            return None
-        code = None
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        else:
-            code = self.proc.returncode
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        self.proc = None
-        return code
+        """SIGTERM to its group, then SIGKILL if it does not end in time; the exit code SIGTERM got."""
+        return self.service.stop(timeout) if self.service else None
 
 
 # --- the plugin's record of an attachment, as the bridge finds it ------------------------------------

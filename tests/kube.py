@@ -31,7 +31,7 @@ from typing import Any
 
 import tools
 from harness import Service
-from helpers import TESTDATA
+from helpers import TESTDATA, wait_for
 
 from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS
 
@@ -232,16 +232,18 @@ class ApiServer:
         api = self.api()
         api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json.loads(NAD_CRD.read_text()))
         path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/network-attachment-definitions.k8s.cni.cncf.io"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def served() -> bool:
             conditions = (api.get(path).get("status") or {}).get("conditions") or []
-            if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-                # The discovery of a new group takes a moment more to reach every handler.
-                with contextlib.suppress(ApiError):
-                    api.get("/apis/k8s.cni.cncf.io/v1/network-attachment-definitions")
-                    return
-            time.sleep(0.2)
-        raise RuntimeError("the NetworkAttachmentDefinition CRD did not become established")
+            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                return False
+            try:  # the discovery of a new group takes a moment more to reach every handler
+                api.get("/apis/k8s.cni.cncf.io/v1/network-attachment-definitions")
+            except ApiError:
+                return False
+            return True
+
+        wait_for(served, 30, "the NetworkAttachmentDefinition CRD to be established and served", 0.2)
 
 
 def api_ready(api: Api) -> bool:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 from bridge import record as bridge_record
+from helpers import wait_for
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from lightkube.core.exceptions import ApiError
@@ -590,9 +591,7 @@ def test_credentials_refused_on_the_list_keep_the_agent_unready(data_dir: Path):
     thread = threading.Thread(target=bridge.watch, args=(stop,), daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while client.lists < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: client.lists >= 3, 10, "three refused lists", 0.01)
         ok, why = bridge.health.ready()
         assert not ok and "refuses our credentials: API error 403" in why
     finally:
@@ -612,9 +611,7 @@ def test_a_record_that_lands_while_the_watch_is_quiet_is_found_by_the_resync(tmp
         time.sleep(0.2)
         assert client.patches == []  # no record yet
         Store(str(tmp_path)).save(record())
-        deadline = time.monotonic() + 10
-        while not client.patches and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: client.patches, 10, "the resync's patch", 0.02)
         assert len(client.patches) == 1
     finally:
         stop.set()

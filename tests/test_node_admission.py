@@ -21,12 +21,10 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ import pytest
 from admission import overlay, remove, selection_of, wait_rewrites
 from bridge import VFS, device_info
 from cluster import Cluster, entry, ready
-from harness import kill_group
+from harness import Service
 from helpers import PLACEHOLDER, TESTDATA
 from kube import Seen, Watch
 from node import Node
@@ -107,36 +105,31 @@ def init_ended(pod: dict[str, Any]) -> dict[str, Any] | None:
 @dataclass
 class DownwardApiFiles:
     """Every version of every Pod's downward API annotations file on the node, as the kubelet writes
-    it (testdata/node/downward_api_versions.py, run inside the node, where the kubelet's tmpfs is)."""
+    it (testdata/node/downward_api_versions.py, run inside the node, where the kubelet's tmpfs is, on
+    the harness: one JSON line each in its log)."""
 
     node: Node
-    versions: list[tuple[float, str, str]] = field(default_factory=list)  # (wall time, Pod UID, text)
-    proc: subprocess.Popen | None = None
-    reader: threading.Thread | None = None
+    service: Service | None = None
 
     def start(self) -> DownwardApiFiles:
         argv = self.node.enter([sys.executable, str(VERSIONS_SCRIPT)])
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self.service = Service("downward-api-versions", argv, self.node.logs / "downward-api-versions.log").start()
         return self
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            found = json.loads(line)
-            self.versions.append((found["at"], found["pod"], found["text"]))
+    def versions(self) -> list[tuple[float, str, str]]:
+        """(wall time, Pod UID, text) of each version seen so far."""
+        lines = self.service.log().split("\n")[:-1] if self.service else []  # the last: unfinished or empty
+        found = [json.loads(line) for line in lines if line.startswith("{")]  # not the harness's own lines
+        return [(each["at"], each["pod"], each["text"]) for each in found]
 
     def stop(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc)
-        if self.reader is not None:
-            self.reader.join(timeout=10)
+        if self.service is not None:
+            self.service.stop()
 
     def statuses(self, uid: str) -> list[tuple[float, list[dict[str, Any]]]]:
         """Each version of the Pod's file that holds network-status: when, and what it says."""
         found = []
-        for at, pod, text in list(self.versions):
+        for at, pod, text in self.versions():
             raw = waiting.annotations(text).get(NETWORK_STATUS) if pod == uid else None
             if raw is not None:
                 found.append((at, json.loads(raw)))
