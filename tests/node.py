@@ -23,8 +23,10 @@ link and pod netns, then removes the cgroups; `leftovers` says what, if anything
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -253,6 +255,7 @@ class Node:
         self.holder: Service | None = None
         self.api_port = 0
         self.namespace_inodes: dict[str, int] = {}
+        self.host_links: set[str] = set()  # the host's links before the node started
 
     # --- paths as the node sees them, and where they are on the host
 
@@ -288,6 +291,7 @@ class Node:
     # --- start and stop
 
     def start(self, timeout: float = 180) -> Node:
+        self.host_links = set(os.listdir("/sys/class/net"))
         try:
             self._lay_out()
             self.cgroups.create()
@@ -506,15 +510,22 @@ class Node:
         self.cgroups.remove()
 
     def leftovers(self) -> list[str]:
-        """What the node left on the host: processes in its namespaces, cgroups, mounts."""
+        """What the node left on the host: processes in its namespaces, cgroups, mounts under its
+        root, a mount that pins one of its namespaces, links the host did not have before it."""
         found = [f"cgroup {d}" for d in self.cgroups.dirs() if d.exists()]
         for pid in filter(str.isdigit, os.listdir("/proc")):
             for kind, inode in self.namespace_inodes.items():
                 with contextlib.suppress(OSError):
                     if os.stat(f"/proc/{pid}/ns/{kind}").st_ino == inode:
                         found.append(f"process {pid} in the node's {kind} namespace")
+        pins = {f"{kind}:[{inode}]" for kind, inode in self.namespace_inodes.items()}
         with open("/proc/self/mountinfo") as f:
-            found += [f"mount {line.split()[4]}" for line in f if str(self.root) in line]
+            for line in f:
+                root, mount_point = line.split()[3:5]
+                if str(self.root) in line or root in pins:
+                    found.append(f"mount {mount_point}")
+        if self.host_links:  # (a node never started made none)
+            found += [f"link {name}" for name in sorted(set(os.listdir("/sys/class/net")) - self.host_links)]
         return found
 
     # --- the API, kubectl, containerd
@@ -552,6 +563,16 @@ class Node:
         build_image(PAUSE_IMAGE, archive, {"/pause": binary}, entrypoint=["/pause"])
         return archive
 
+    def sandboxes_returned(self) -> dict[str, float]:
+        """When containerd's RunPodSandbox returned (after the CNI ADD, Multus's included, returned),
+        by Pod UID: wall time, from containerd's log."""
+        found = {}
+        for stamp, uid in SANDBOX_RETURNS.findall(self.services["containerd"].log()):
+            whole, _, fraction = stamp.rstrip("Z").partition(".")
+            moment = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc)
+            found[uid] = moment.timestamp() + float(f"0.{fraction or 0}")
+        return found
+
     def wait(self, what: Any, timeout: float = 120, why: str = "", interval: float = 0.2) -> Any:
         """helpers.wait_for, failing with `why` and the kubelet's log tail."""
         try:
@@ -560,6 +581,9 @@ class Node:
             raise NotReady(f"{err}\n{self.services['kubelet'].tail(30)}") from None
 
 
+SANDBOX_RETURNS = re.compile(
+    r'time="([^"]+)" level=info msg="RunPodSandbox for name:\\"[^\\]+\\" uid:\\"([^\\]+)\\".*? returns sandbox id'
+)
 PAUSE_SOURCE = TESTS.parent / "testdata" / "node" / "pause.c"
 IMAGE_TOOL = TESTS.parent / "packaging" / "image.py"
 
