@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -282,13 +283,23 @@ def test_pods_starting_together_stay_within_multus_own_memory_limit(on_node: Clu
 TRAILER = 80  # packaging/pack.py: magic, records offset and length, then the 56-byte build id
 
 
+def build_id_of(binary: Path) -> str:
+    """The build id in a one-file binary's trailer ("" when there is no such file)."""
+    try:
+        with open(binary, "rb") as f:
+            f.seek(-56, os.SEEK_END)
+            return f.read(56).rstrip(b"\0").decode()
+    except OSError:
+        return ""
+
+
 def another_build(binary: Path, out: Path) -> str:
     """The same program with another build id in the launcher's trailer: to the node, a new build (it
     unpacks beside the old one and removes it), as every upgrade is."""
     data = bytearray(binary.read_bytes())
     (magic,) = struct.unpack_from("<8s", data, len(data) - TRAILER)
     assert magic == b"DIDINJ\0\1", "not a one-file binary of packaging/pack.py"
-    build_id = bytes(data[len(data) - 56 :]).rstrip(b"\0").decode()
+    build_id = build_id_of(binary)
     new_id = ("f" if build_id[0] != "f" else "e") + build_id[1:]
     data[len(data) - 56 :] = new_id.encode().ljust(56, b"\0")
     out.write_bytes(bytes(data))
@@ -297,6 +308,9 @@ def another_build(binary: Path, out: Path) -> str:
 
 
 def test_a_rollout_to_a_new_image_while_pods_are_created_fails_no_add(on_node: Cluster, node_ns: str, tmp_path: Path):
+    """Pods are created before, during and after the DaemonSet rolls to a new build; the sandboxes'
+    ADDs are shown to straddle the moment the new binary replaced the old one in /opt/cni/bin, and
+    none failed."""
     cluster, ns = on_node, node_ns
     old_image = cluster.image
     new_binary = tmp_path / "deviceid-inject"
@@ -305,25 +319,50 @@ def test_a_rollout_to_a_new_image_while_pods_are_created_fails_no_add(on_node: C
     new_image = f"{old_image.rpartition(':')[0]}:rollout-{new_id[:12]}"
     build_our_image(new_binary, new_image, archive)
     cluster.import_images([archive])
-    names = [f"upf-roll-{i}" for i in range(10)]
+    installed = cluster.node.host_path("/opt/cni/bin/deviceid-inject")
+    names: list[str] = []
+    swapped: list[float] = []  # when the new build was first seen in /opt/cni/bin (wall time)
     rolled = threading.Event()
 
     def roll() -> None:
         cluster.deploy_ours(new_image)
         rolled.set()
 
+    def watch_swap() -> None:
+        while not swapped and not rolled.wait(0.01):
+            if build_id_of(installed) == new_id:
+                swapped.append(time.time())
+        if not swapped and build_id_of(installed) == new_id:
+            swapped.append(time.time())
+
+    def create(count: int) -> None:
+        for _ in range(count):
+            name = f"upf-roll-{len(names)}"
+            names.append(name)
+            start_pod(cluster, ns, name, VFS[10 + len(names) % 6])
+
     try:
-        with ThreadPoolExecutor(5) as pool:
-            for i, name in enumerate(names):
-                if i == 2:
-                    pool.submit(roll)  # the DaemonSet rolls while the other Pods are being created
-                pool.submit(start_pod, cluster, ns, name, VFS[10 + i % 6])
+        create(2)
+        cluster.wait_ready(ns, names[0], timeout=240)  # one ADD surely before the rollout
+        with ThreadPoolExecutor(2) as pool:
+            pool.submit(watch_swap)
+            rolling = pool.submit(roll)
+            while not swapped and not rolling.done():  # a Pod every half second while it rolls
+                create(1)
+                time.sleep(0.5)
+            create(3)  # and some surely after
+            rolling.result()
         for name in names:
             pod = cluster.wait_ready(ns, name, timeout=240)
             assert (entry(pod, f"{ns}/n6-{name}") or {}).get("device-info"), pod["metadata"]["annotations"]
-        assert rolled.wait(240)
         failed = [e for e in cluster.events(ns) if e["reason"] in ("FailedCreatePodSandBox", "FailedKillPod")]
         assert failed == [], [e["message"] for e in failed]
+        assert swapped, "the new build never reached /opt/cni/bin"
+        returned = cluster.node.sandboxes_returned()
+        times = sorted(returned[cluster.pod(ns, n)["metadata"]["uid"]] for n in names)
+        before = sum(t < swapped[0] for t in times)
+        print(f"\nrollout: {len(times)} sandboxes, {before} before the new binary was in place, the rest after")
+        assert 0 < before < len(times), "the Pods' ADDs did not straddle the rollout"
         assert cluster.node.host_path("/opt/cni/bin/deviceid-inject").read_bytes() == new_binary.read_bytes()
         cache = cluster.node.host_path("/var/cache/deviceid-inject")
         assert new_id in [p.name for p in cache.iterdir()]
