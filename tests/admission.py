@@ -21,7 +21,6 @@ import json
 import os
 import ssl
 import subprocess
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import pytest
 import tools
 import yaml
-from helpers import PLACEHOLDER, REPO, kustomize, wait_for
+from helpers import PLACEHOLDER, REPO, kustomize, loopback_server, wait_for
 from kube import Api, ApiError
 
 from deviceid_inject.annotations import NETWORKS
@@ -242,40 +241,28 @@ class SelectionDefaulter:
              "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
             check=True, capture_output=True,
         )  # fmt: skip
-        selection = self.selection
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                request = review["request"]
-                annotations = request["object"]["metadata"].get("annotations")
-                response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
-                if annotations is None or NETWORKS not in annotations:
-                    key = NETWORKS.replace("~", "~0").replace("/", "~1")
-                    patch = (
-                        [{"op": "add", "path": f"/metadata/annotations/{key}", "value": selection}]
-                        if annotations is not None
-                        else [{"op": "add", "path": "/metadata/annotations", "value": {NETWORKS: selection}}]
-                    )
-                    response["patchType"] = "JSONPatch"
-                    response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
-                body = json.dumps({**review, "response": response}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = loopback_server(self._review, context)
         api.post("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", self.configuration(cert))
         return self
+
+    def _review(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        """Set the selection where the Pod has none: a JSON patch adding the annotation (or the map)."""
+        review = json.loads(body)
+        request = review["request"]
+        annotations = request["object"]["metadata"].get("annotations")
+        response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
+        if annotations is None or NETWORKS not in annotations:
+            key = NETWORKS.replace("~", "~0").replace("/", "~1")
+            patch = (
+                [{"op": "add", "path": f"/metadata/annotations/{key}", "value": self.selection}]
+                if annotations is not None
+                else [{"op": "add", "path": "/metadata/annotations", "value": {NETWORKS: self.selection}}]
+            )
+            response["patchType"] = "JSONPatch"
+            response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+        return 200, json.dumps({**review, "response": response}).encode()
 
     def configuration(self, cert: Path) -> dict[str, Any]:
         assert self.server is not None

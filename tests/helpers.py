@@ -14,12 +14,15 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
+import ssl
 import string
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,3 +368,36 @@ def wait_for(what: Callable[[], Any], timeout: float = 30, why: str = "", interv
         return harness.poll(what, timeout, interval)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout} s: {why}") from None
+
+
+# An HTTP request's answer: (method, path, body) -> (status, body).
+Answer = Callable[[str, str, bytes], "tuple[int, bytes]"]
+
+
+def loopback_server(answer: Answer, tls: ssl.SSLContext | None = None) -> http.server.ThreadingHTTPServer:
+    """An HTTP(S) server on 127.0.0.1 at a free port, serving from a daemon thread: `answer` gives
+    each GET's or POST's status and body. Its caller stops it (shutdown, server_close)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            code, reply = answer(self.command, self.path, body)
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -15,14 +15,13 @@ import os
 import threading
 import time
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
 import httpx
 import pytest
 from bridge import record as bridge_record
-from helpers import wait_for
+from helpers import loopback_server, wait_for
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from lightkube.core.exceptions import ApiError
@@ -478,32 +477,17 @@ class QuietApiServer:
 
     def __init__(self, watch_seconds: float) -> None:
         self.watches = 0
-        quiet = self
+        self.watch_seconds = watch_seconds
+        self.server = loopback_server(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                if "watch=true" in self.path:
-                    quiet.watches += 1
-                    time.sleep(watch_seconds)
-                    body = b""
-                else:
-                    body = json.dumps(
-                        {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "10"}, "items": []}
-                    ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if "watch=true" in path:
+            self.watches += 1
+            time.sleep(self.watch_seconds)
+            return 200, b""
+        return 200, json.dumps(
+            {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "10"}, "items": []}
+        ).encode()
 
     def kubeconfig(self, path: Path) -> Path:
         server = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from helpers import REPO, TESTDATA, passed_through, plugin_command
+from helpers import REPO, TESTDATA, loopback_server, passed_through, plugin_command
 from kube import free_port
 
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
@@ -152,22 +152,7 @@ def test_bridge_refuses_to_start_without_what_it_needs(args, env, words):
 @pytest.fixture
 def answering():
     """An HTTP server on loopback answering /ok with 200 and anything else with 503."""
-    import http.server
-    import threading
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            code, body = (200, b"ok\n") if self.path == "/ok" else (503, b"not synced\n")
-            self.send_response(code)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = loopback_server(lambda _, path, __: (200, b"ok\n") if path == "/ok" else (503, b"not synced\n"))
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
