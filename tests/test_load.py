@@ -125,12 +125,17 @@ def test_100_attachments_at_once_add_then_del(
         cap_args = {"deviceID": given[pod]} if view == "fixture" else None
         return tools[pod].run(command, NETWORK, pod.netns, cap_args=cap_args, timeout=300)
 
+    def every_pod(command: str) -> dict:
+        """`command` for every pod, WORKERS at a time; each must succeed."""
+        with ThreadPoolExecutor(WORKERS) as pool:
+            outcomes = dict(zip(load_pods, pool.map(lambda p: call(command, p), load_pods)))
+        failed = {p.netns_name: o.stderr[-500:] for p, o in outcomes.items() if o.code != 0}
+        assert not failed, failed
+        return outcomes
+
     start = time.monotonic()
-    with ThreadPoolExecutor(WORKERS) as pool:
-        adds = dict(zip(load_pods, pool.map(lambda p: call("add", p), load_pods)))
+    adds = every_pod("add")
     added = time.monotonic()
-    failed = {p.netns_name: o.stderr[-500:] for p, o in adds.items() if o.code != 0}
-    assert not failed, failed
     for pod, outcome in adds.items():
         (iface,) = [i for i in outcome.json["interfaces"] if i.get("sandbox")]
         assert (iface["name"], iface["sandbox"]) == ("net1", pod.netns)
@@ -152,11 +157,8 @@ def test_100_attachments_at_once_add_then_del(
     assert len(attachment_state(state)) == 2 * PODS  # <cid>/ and <cid>/net1.json each
 
     mid = time.monotonic()
-    with ThreadPoolExecutor(WORKERS) as pool:
-        dels = dict(zip(load_pods, pool.map(lambda p: call("del", p), load_pods)))
+    every_pod("del")
     end = time.monotonic()
-    failed = {p.netns_name: o.stderr[-500:] for p, o in dels.items() if o.code != 0}
-    assert not failed, failed
     assert files_under(devinfo) == []
     assert attachment_state(state) == []
     assert cnitool.cached_results() == []
