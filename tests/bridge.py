@@ -184,8 +184,9 @@ class BridgeProcess:
         return self.service.proc if self.service else None
 
     def log(self) -> str:
-        """What the agent printed since its last start."""
-        return self.service.log()[self._since :] if self.service else ""
+        """What the agent printed since its last start (not the harness's line that starts it)."""
+        text = self.service.log()[self._since :] if self.service else ""
+        return text.split("\n", 1)[1] if text.startswith("--- start ") else text
 
     def get(self, path: str) -> tuple[int, str]:
         try:
