@@ -28,8 +28,11 @@ def test_adds_device_info_to_our_entry_and_nothing_else():
     assert json.loads(new) == [DEFAULT, {**N6, "device-info": VF}]
 
 
-def test_an_entry_with_device_info_is_never_touched():
-    raw = status(DEFAULT, {**N6, "device-info": DEVICE_PLUGINS})
+@pytest.mark.parametrize("key", ["device-info", "Device-Info", "DEVICE-INFO"])
+def test_an_entry_with_device_info_is_never_touched(key):
+    """Under any case of its name: Go's decoder reads each as the field device-info, and ours added
+    after it would replace what another writer gave."""
+    raw = status(DEFAULT, {**N6, key: DEVICE_PLUGINS})
     assert with_device_info(raw, [Known(record(), 1)]) is None
 
 

@@ -87,6 +87,20 @@ def test_a_member_on_lines_of_its_own_is_indented_as_its_neighbours():
     assert json.loads(new) == [{"a": 1, "d": {"e": {"f": 1}}}]
 
 
+def test_a_member_added_among_crlf_lines_ends_its_lines_with_crlf():
+    text = '[\r\n  {\r\n    "a": 1\r\n  }\r\n]'
+    (entry,) = entries(text, 64)
+    new = add_member(text, entry, "d", {"e": 1})
+    assert new == '[\r\n  {\r\n    "a": 1,\r\n    "d": {\r\n      "e": 1\r\n    }\r\n  }\r\n]'
+    assert "\n" not in new.replace("\r\n", "")
+
+
+def test_a_member_name_is_matched_as_go_matches_it_when_asked():
+    (entry,) = entries('[{"Device-INFO": {}, "interface": "net1"}]', 64)
+    assert entry.get("device-info") is None
+    assert entry.has_folded("device-info") and not entry.has_folded("device-inf")
+
+
 def test_only_strict_json_is_added():
     text = '[{"a": 1}]'
     (entry,) = entries(text, 64)

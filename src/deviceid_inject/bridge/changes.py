@@ -49,7 +49,8 @@ def with_device_info(raw: str | None, known: Sequence[Known]) -> str | None:
     None when nothing would change. Every byte outside the members added stays as it was.
 
     An entry is ours when its `interface` is that of a record of the Pod. Entries that already
-    carry device-info (a device plugin's, the selection route's) and entries of no record are left
+    carry device-info (a device plugin's, the selection route's; under any ASCII case of the name,
+    which Go's decoder reads as the same field) and entries of no record are left
     alone; so is an interface that two entries without device-info claim, unless the network one
     of them names is that of a record (a writer that confused them: never guess). Raises Refused
     when `raw` is not a JSON array, is nested deeper than MAX_DEPTH or is larger than
@@ -65,7 +66,7 @@ def with_device_info(raw: str | None, known: Sequence[Known]) -> str | None:
     additions: list[tuple[Entry, dict[str, Any]]] = []
     for ifname in sorted({k.record.ifname for k in known}):
         claiming = [e for e in found if _text(e, "interface") == ifname]
-        if not claiming or any(e.get(DEVICE_INFO) is not None for e in claiming):
+        if not claiming or any(e.has_folded(DEVICE_INFO) for e in claiming):
             continue
         if len(claiming) > 1:
             networks = {k.record.network for k in known if k.record.ifname == ifname}

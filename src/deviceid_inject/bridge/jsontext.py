@@ -58,6 +58,13 @@ class Entry:
                 return member
         return None
 
+    def has_folded(self, key: str) -> bool:
+        """Whether a member's name equals `key` but for ASCII case: what Go's encoding/json (so
+        Multus and every reader built on its NetworkStatus type) takes for the field `key` too.
+        (Go folds two non-ASCII letters as well, K and S; `key` here has neither.)"""
+        folded = key.lower()
+        return any(member.key.lower() == folded for member in self.members)
+
 
 def entries(text: str, max_depth: int) -> list[Entry]:
     """Every object at the top level of `text`, a JSON array (other elements are validated and
@@ -70,8 +77,9 @@ def add_member(text: str, entry: Entry, key: str, value: Any) -> str:
     """`text` with `"key": value` added as the last member of `entry`, written in the style of
     that object's members: the same whitespace around commas and colons (of an object with one
     member, a space after the comma where there is one after the colon), and where members are on
-    lines of their own, `value` indented as they are. Raises ValueError when `value` is not
-    strict JSON (NaN, infinities) or has no members to take a style from."""
+    lines of their own, `value` indented as they are and its lines ended as theirs are. Raises
+    ValueError when `value` is not strict JSON (NaN, infinities) or has no members to take a style
+    from."""
     if not entry.members:
         raise ValueError("an empty object has no style to follow")
     last = entry.members[-1]
@@ -83,6 +91,7 @@ def add_member(text: str, entry: Entry, key: str, value: Any) -> str:
         if "\n" not in before_key:
             before_key = " " if colon[-1:].isspace() else ""
     if "\n" in before_key:
+        newline = "\r\n" if "\r\n" in before_key else "\n"  # the neighbours' line ends
         indent = before_key.rpartition("\n")[2]
         closing = text[last.value_end : entry.end - 1]
         outer = closing.rpartition("\n")[2] if "\n" in closing else ""
@@ -91,7 +100,7 @@ def add_member(text: str, entry: Entry, key: str, value: Any) -> str:
         # such line of ours starts at the member's own indentation. Our value's strings are escaped,
         # so each raw newline in the dump is one of those line breaks.
         dumped = json.dumps(value, indent=unit, separators=(before_comma + ",", colon), allow_nan=False)
-        rendered = dumped.replace("\n", "\n" + indent)
+        rendered = dumped.replace("\n", newline + indent)
     else:
         rendered = json.dumps(value, separators=(before_comma + "," + before_key, colon), allow_nan=False)
     member = f"{before_comma},{before_key}{json.dumps(key)}{colon}{rendered}"
