@@ -158,7 +158,7 @@ def wave(cluster: Cluster, ns: str, variant: Variant, index: int, watch: Watch) 
         if uids[name] in returned:
             variant.sandbox_returned[name] = returned[uids[name]] + monotonic
     for name in names:
-        api.delete(f"/api/v1/namespaces/{ns}/pods/{name}?gracePeriodSeconds=0")
+        api.delete(f"/api/v1/namespaces/{ns}/pods/{name}")
     cluster.node.wait(lambda: all(cluster.gone(ns, n) for n in names), 120, "the wave's Pods deleted")
     cluster.remove_links()
 
