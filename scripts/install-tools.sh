@@ -20,9 +20,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/versions.env"
 read -r -a CNI_PLUGINS <<<"$CNI_PLUGINS"
 # iptables and conntrack: kube-proxy on the test node; libseccomp-dev and pkg-config: runc's seccomp;
 # libc6-dev: gcc's static libc for the test node's pause program; busybox-static: the `cp` in
-# Multus v4.0.2's image; binutils: objdump and readelf for the image's runtime libraries.
+# Multus v4.0.2's image; binutils: objdump and readelf for the image's runtime libraries; podman:
+# loads the image archive and builds deploy/Containerfile (tests/test_image.py).
 APT_PACKAGES=(iproute2 ethtool patchelf util-linux jq time gcc libc6-dev etcd-server openssl iptables conntrack
-    libseccomp-dev pkg-config busybox-static binutils)
+    libseccomp-dev pkg-config busybox-static binutils podman)
 
 CNITOOL_PKG="github.com/containernetworking/cni/cnitool"
 CNI_PLUGINS_MOD="github.com/containernetworking/plugins"

@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.server
 import json
 import os
+import shutil
 import ssl
 import string
 import subprocess
@@ -401,3 +403,36 @@ def loopback_server(answer: Answer, tls: ssl.SSLContext | None = None) -> http.s
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+# A debootstrap --variant=minbase Debian 11 root: the no-Python host of test_binary.py, and the
+# stand-in for the registry's debian:bullseye-slim in test_image.py.
+MIN_ROOT = REPO / ".build" / "bullseye-min"
+MIRROR = os.environ.get("MIRROR", "http://deb.debian.org/debian")
+
+
+def minimal_bullseye() -> Path:
+    """A debootstrap --variant=minbase bullseye root, made once (under a lock) and cached."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (debootstrap, chroot, mount)")
+    for tool in ("debootstrap", "unshare", "chroot"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed (build.sh installs debootstrap): run make build")
+    MIN_ROOT.parent.mkdir(parents=True, exist_ok=True)
+    with open(MIN_ROOT.parent / "bullseye-min.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (MIN_ROOT / ".minbase-ok").exists():
+            shutil.rmtree(MIN_ROOT, ignore_errors=True)
+            log = MIN_ROOT.parent / "bullseye-min.log"
+            with open(log, "w") as out:
+                made = subprocess.run(
+                    ["debootstrap", "--variant=minbase", "bullseye", str(MIN_ROOT), MIRROR],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=1200,
+                )
+            if made.returncode != 0:
+                pytest.fail(f"debootstrap failed: {log.read_text()[-3000:]}")
+            shutil.rmtree(MIN_ROOT / "var/cache/apt/archives", ignore_errors=True)
+            (MIN_ROOT / ".minbase-ok").touch()
+    return MIN_ROOT

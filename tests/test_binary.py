@@ -8,7 +8,6 @@ debootstrap once and cached under .build/bullseye-min.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import REPO, SYSFS, prev_result
+from helpers import REPO, SYSFS, minimal_bullseye, prev_result
 
 EXE = os.environ.get("DEVICEID_INJECT_EXE", "")
 pytestmark = pytest.mark.skipif(not EXE, reason="set DEVICEID_INJECT_EXE to the binary under test")
@@ -26,8 +25,6 @@ pytestmark = pytest.mark.skipif(not EXE, reason="set DEVICEID_INJECT_EXE to the 
 GLIBC_MAX = (2, 31)
 SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 MAGIC = b"DIDINJ\x00\x01"  # packaging/pack.py's trailer
-MIN_ROOT = REPO / ".build" / "bullseye-min"
-MIRROR = os.environ.get("MIRROR", "http://deb.debian.org/debian")
 
 
 def run_bare(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -137,33 +134,6 @@ def test_install_puts_it_in_opt_cni_bin_and_warms_the_cache(tmp_path):
 
 
 # ---------------------------------------------------------------- Debian 11 with no Python
-
-
-def minimal_bullseye() -> Path:
-    """A debootstrap --variant=minbase bullseye root, made once (under a lock) and cached."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (debootstrap, chroot, mount)")
-    for tool in ("debootstrap", "unshare", "chroot"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed (build.sh installs debootstrap): run make build")
-    MIN_ROOT.parent.mkdir(parents=True, exist_ok=True)
-    with open(MIN_ROOT.parent / "bullseye-min.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (MIN_ROOT / ".minbase-ok").exists():
-            shutil.rmtree(MIN_ROOT, ignore_errors=True)
-            log = MIN_ROOT.parent / "bullseye-min.log"
-            with open(log, "w") as out:
-                made = subprocess.run(
-                    ["debootstrap", "--variant=minbase", "bullseye", str(MIN_ROOT), MIRROR],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    timeout=1200,
-                )
-            if made.returncode != 0:
-                pytest.fail(f"debootstrap failed: {log.read_text()[-3000:]}")
-            shutil.rmtree(MIN_ROOT / "var/cache/apt/archives", ignore_errors=True)
-            (MIN_ROOT / ".minbase-ok").touch()
-    return MIN_ROOT
 
 
 def in_root(root: Path, env: dict[str, str], argv: list[str], stdin: str = "") -> subprocess.CompletedProcess:

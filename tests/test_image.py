@@ -1,7 +1,7 @@
 """The image deploy/ runs (packaging/image.py, `make image`), checked as an archive and run from its
 own files: what ctr, podman and docker read from it, the binary it holds, the build already unpacked
-for a read-only root, and only the runtime libraries the binary needs. tests/test_node.py runs it
-under a real kubelet."""
+for a read-only root, and only the runtime libraries the binary needs. podman loads it, and builds
+deploy/Containerfile into the same files. tests/test_node.py runs it under a real kubelet (ctr)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,24 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import base_env, run
-from helpers import REPO
+from harness import Outcome, base_env, run
+from helpers import REPO, minimal_bullseye
 from node import build_our_image
 
 EXE = os.environ.get("DEVICEID_INJECT_EXE", "")
 pytestmark = pytest.mark.skipif(not EXE, reason="the image is built from the binary (set DEVICEID_INJECT_EXE)")
 IMAGE_TOOL = REPO / "packaging" / "image.py"
-ROOT = REPO / ".build" / "bullseye"
+LIBS = REPO / "packaging" / "image-libs.txt"
+CONTAINERFILE = REPO / "deploy" / "Containerfile"
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +111,78 @@ def test_the_build_fails_when_the_library_list_misses_one_or_keeps_a_stale_one(t
         assert out.code != 0
         assert words in out.stderr
         assert not (tmp_path / "x.tar").exists()
+
+
+# --- podman: the archive loaded, and deploy/Containerfile built into the same files -----------------------
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[Callable[..., Outcome]]:
+    """podman with a store of the test's own (vfs, no daemon, no events), removed afterwards."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: run make setup")
+    store = tmp_path / "podman"
+    base = ["podman", "--root", str(store / "root"), "--runroot", str(store / "run"), "--storage-driver", "vfs",
+            "--cgroup-manager", "cgroupfs", "--events-backend", "none"]  # fmt: skip
+
+    def call(*args: str, timeout: float = 300) -> Outcome:
+        out = run([*base, *args], base_env(HOME=str(store)), timeout=timeout)
+        assert out.code == 0, f"podman {' '.join(args)}: {out.stdout}{out.stderr}"
+        return out
+
+    try:
+        yield call
+    finally:
+        run([*base, "image", "unmount", "--all"], base_env(HOME=str(store)))
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def files_of(root: Path) -> dict[str, tuple[str, ...]]:
+    """Every path under `root`: its kind, mode, and content digest or link target."""
+    found: dict[str, tuple[str, ...]] = {}
+    for folder, dirs, names in os.walk(root):
+        for name in dirs + names:
+            path = Path(folder, name)
+            info = path.lstat()
+            mode = oct(stat.S_IMODE(info.st_mode))
+            if stat.S_ISLNK(info.st_mode):
+                found[str(path.relative_to(root))] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                found[str(path.relative_to(root))] = ("dir", mode)
+            else:
+                found[str(path.relative_to(root))] = ("file", mode, hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+def test_podman_loads_the_archive(podman, archive: Path):
+    podman("load", "-i", str(archive))
+    (image,) = json.loads(podman("image", "inspect", "localhost/t:1").stdout)
+    assert image["Config"]["Entrypoint"] == ["/usr/local/bin/deviceid-inject"]
+
+
+def test_the_containerfile_builds_the_same_files_as_make_image(podman, archive: Path, tmp_path: Path):
+    """deploy/Containerfile as a user builds it (podman, from a clone after ./build.sh), its base
+    debian:bullseye-slim stood in for by a minimal Debian 11 root (no registry here): the image has
+    exactly the files, modes and contents of make image's."""
+    base = minimal_bullseye()
+    tarball = tmp_path / "bullseye-slim.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for entry in sorted(os.listdir(base)):
+            if entry not in ("proc", "sys", "dev"):
+                tar.add(base / entry, arcname=entry)
+    podman("import", str(tarball), "docker.io/library/debian:bullseye-slim")
+    context = tmp_path / "clone"
+    for name, source in (("dist/deviceid-inject", Path(EXE)), ("packaging/image-libs.txt", LIBS),
+                         ("deploy/Containerfile", CONTAINERFILE)):  # fmt: skip
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, context / name)
+    podman("build", "--pull=never", "--isolation", "chroot", "-f", "deploy/Containerfile", "-t", "localhost/built:1",
+           str(context), timeout=600)  # fmt: skip
+    podman("load", "-i", str(archive))
+    built = Path(podman("image", "mount", "localhost/built:1").stdout.strip())
+    made = Path(podman("image", "mount", "localhost/t:1").stdout.strip())
+    ours, theirs = files_of(made), files_of(built)
+    assert "usr/local/bin/deviceid-inject" in ours
+    assert theirs == ours
+    (image,) = json.loads(podman("image", "inspect", "localhost/built:1").stdout)
+    assert image["Config"]["Entrypoint"] == ["/usr/local/bin/deviceid-inject"]
