@@ -197,7 +197,7 @@ def report(variants: tuple[Variant, ...], pods: int, multus: str, kube: str) -> 
         f"{WAVE} at a time ({time.strftime('%Y-%m-%d')}).",
         "",
         "| variant | creation → Ready (median / p99) | vs without (median / p99) | creation → wait-device-info ended "
-        "| Multus's write → device-info visible | ADD returned → device-info visible (median / max) |",
+        "| Multus's write → device-info visible | RunPodSandbox returned → device-info visible (median / max) |",
         "|---|---|---|---|---|---|",
     ]
     for v in variants:
@@ -212,8 +212,9 @@ def report(variants: tuple[Variant, ...], pods: int, multus: str, kube: str) -> 
         )
     lines += [
         "",
-        "ADD returned: containerd's RunPodSandbox returning (its log), which follows Multus's ADD; a negative "
-        "time is device-info visible before it, so no window at all. Visible: the first watch event that shows it.",
+        "Visible: the first watch event that shows it. Multus's write → visible is the window in which "
+        "network-status has no device-info (0: Multus's own write had it). RunPodSandbox returned: from "
+        "containerd's log; it returns after Multus's ADD has returned; negative: device-info visible before.",
     ]
     return "\n".join(lines) + "\n"
 
