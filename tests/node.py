@@ -8,8 +8,9 @@ reference bridge + host-local plugins as its primary CNI. Every one of its proce
   refuses a loopback node IP); the tests reach its API server through tests/forward.py, a forwarder
   from the host's loopback;
 - a mount namespace of its own, made private from the host's, in which scratch folders of the node's
-  root are bound over /run, /var/lib, /var/log, /var/cache and /opt, and /etc is an overlay whose
-  writes land in the scratch folder (so /etc/cni/net.d can exist without touching the host's /etc).
+  root are bound over /run, /var/lib, /var/log, /var/cache and /opt, /etc is an overlay whose
+  writes land in the scratch folder, and /etc/cni is a scratch folder of its own (the host's CNI
+  configs, podman's for one, must not reach the node's runtime or Multus).
   Manifests with hostPaths (ours, Multus's own) therefore apply unchanged and nothing lands on the
   host. The kernel tunables the kubelet insists on are scratch files bound over their /proc/sys
   entries, so the host's kernel settings stay as they are;
@@ -68,8 +69,10 @@ KERNEL_TUNABLES = {
     "kernel/keys/root_maxkeys": 1000000,
     "kernel/keys/root_maxbytes": 25000000,
 }
-# Node paths bound to scratch folders (fs/<path with '/' as '-'>), and /etc made an overlay.
+# Node paths bound to scratch folders (fs/<path with '/' as '-'>), and /etc made an overlay over
+# which ETC_OWN, a scratch folder too, is bound.
 BOUND = ("/run", "/var/lib", "/var/log", "/var/cache", "/opt")
+ETC_OWN = "/etc/cni"
 
 # The holder: the first process of the node's namespaces, made by `unshare --mount --net`. It lays out
 # the mounts and the node's address, says so, and sleeps; the other processes join it with nsenter.
@@ -78,7 +81,8 @@ set -e
 root="$1"; fs="$root/fs"
 for path in BOUND; do mount --bind "$fs/$(echo "${path#/}" | tr / -)" "$path"; done
 mount -t overlay node-etc -o "lowerdir=/etc,upperdir=$fs/overlay/etc/upper,workdir=$fs/overlay/etc/work" /etc
-mkdir -p /etc/cni/net.d
+mkdir -p ETC_OWN
+mount --bind "$fs/ETC_FOLDER" ETC_OWN
 for tunable in TUNABLES; do mount --bind "$fs/sysctl/$(echo "$tunable" | tr / -)" "/proc/sys/$tunable"; done
 # Shared inside the node only (the namespace was copied private): mounts made later, such as the pod
 # netns containerd pins under /run/netns, reach containers that ask for HostToContainer propagation.
@@ -99,6 +103,8 @@ exec sleep infinity
 def _setup_script() -> str:
     return (
         SETUP.replace("BOUND", " ".join(BOUND))
+        .replace("ETC_FOLDER", fs_name(ETC_OWN))
+        .replace("ETC_OWN", ETC_OWN)
         .replace("TUNABLES", " ".join(KERNEL_TUNABLES))
         .replace("NODE_IP", NODE_IP)
     )
@@ -268,7 +274,7 @@ class Node:
         """Where a path of the node's (/run/..., /var/lib/..., /etc/cni/...) is on the host."""
         if node_path == "/var/run" or node_path.startswith("/var/run/"):  # a symlink to /run
             node_path = node_path[len("/var") :]
-        for bound in BOUND:
+        for bound in (*BOUND, ETC_OWN):
             if node_path == bound or node_path.startswith(bound + "/"):
                 return self.fs / fs_name(bound) / node_path[len(bound) :].lstrip("/")
         if node_path.startswith("/etc/"):
@@ -312,6 +318,7 @@ class Node:
     def _lay_out(self) -> None:
         for path in BOUND:
             (self.fs / fs_name(path)).mkdir(parents=True)
+        (self.fs / fs_name(ETC_OWN) / "net.d").mkdir(parents=True)
         for part in ("upper", "work"):
             (self.fs / "overlay" / "etc" / part).mkdir(parents=True)
         (self.fs / "sysctl").mkdir()
