@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def podman(tmp_path: Path) -> Iterator[Callable[..., Outcome]]:
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed: run make setup")
     store = tmp_path / "podman"
-    base = ["podman", "--root", str(store / "root"), "--runroot", str(store / "run"), "--storage-driver", "vfs",
+    runroot = Path(tempfile.mkdtemp(prefix="dit-podman-"))  # podman refuses a runroot over 50 characters
+    base = ["podman", "--root", str(store / "root"), "--runroot", str(runroot), "--storage-driver", "vfs",
             "--cgroup-manager", "cgroupfs", "--events-backend", "none"]  # fmt: skip
 
     def call(*args: str, timeout: float = 300) -> Outcome:
@@ -135,6 +137,7 @@ def podman(tmp_path: Path) -> Iterator[Callable[..., Outcome]]:
     finally:
         run([*base, "image", "unmount", "--all"], base_env(HOME=str(store)))
         shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(runroot, ignore_errors=True)
 
 
 def files_of(root: Path) -> dict[str, tuple[str, ...]]:
