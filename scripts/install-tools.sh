@@ -7,8 +7,8 @@
 #     when its stamp matches: Multus (every v4 command and its thick manifest; v3.7.x's plugin) into
 #     $REPO/.tools/k8s, Kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 #     kube-proxy, kubectl) into $REPO/.tools/k8s, containerd and runc into $REPO/.tools/node.
-# Idempotent; a re-run with everything in place takes about a second. Cold, about 16 minutes on 2
-# cores (Kubernetes 7 of them); progress goes to stderr.
+# Idempotent; a re-run with everything in place takes about a second. Cold, about 14 minutes on 2
+# cores; progress goes to stderr.
 #
 # Usage: scripts/install-tools.sh
 # (tests/test_cnitool.py drives the real chains these tools make possible)
