@@ -62,6 +62,12 @@ def api_error(code: int) -> ApiError:
     return ApiError(status={"kind": "Status", "code": code, "message": f"HTTP {code}", "status": "Failure"})
 
 
+def watch_answer(code: int) -> httpx.HTTPStatusError:
+    """An error status as the answer to the watch request itself: lightkube raises httpx's error."""
+    request = httpx.Request("GET", "https://127.0.0.1/api/v1/pods?watch=true")
+    return httpx.HTTPStatusError(f"{code}", request=request, response=httpx.Response(code, request=request))
+
+
 class Listing(list):
     resourceVersion = "10"
 
@@ -245,9 +251,7 @@ def test_a_watch_whose_connection_goes_silent_ends_with_a_read_timeout(tmp_path:
 
 
 def test_a_410_answering_the_watch_request_itself_lists_again(data_dir: Path):
-    request = httpx.Request("GET", "https://127.0.0.1/api/v1/pods?watch=1")
-    gone = httpx.HTTPStatusError("410 Gone", request=request, response=httpx.Response(410, request=request))
-    client = FakeClient([pod("10", status=None)], [gone, []])
+    client = FakeClient([pod("10", status=None)], [watch_answer(410), []])
     bridge, _ = run(client, data_dir)
     assert client.lists == 2
     assert value(bridge, "relists_total") == 1
@@ -547,10 +551,11 @@ def test_a_wedged_loop_is_not_alive(data_dir: Path, wedged: str):
         client.release.set()
 
 
-def test_refused_credentials_make_the_agent_unready_until_they_are_taken_again(data_dir: Path):
-    """401 on the watch, for ever as far as the agent knows: not ready, and the reason says so.
-    The next list the API server answers makes it ready again."""
-    refused = api_error(401)
+@pytest.mark.parametrize("refused", [api_error(401), watch_answer(401)], ids=["status", "watch-answer"])
+def test_refused_credentials_make_the_agent_unready_until_they_are_taken_again(data_dir: Path, refused: Exception):
+    """401 on the watch, for ever as far as the agent knows: not ready, and the reason says so, in
+    the same words however the client reported it. The next list the API server answers makes it
+    ready again."""
     client = FakeClient([pod("10", status=None)], [refused, refused])
     bridge, _ = make_bridge(client, data_dir)
     answers: list[tuple[bool, str]] = []
@@ -563,7 +568,7 @@ def test_refused_credentials_make_the_agent_unready_until_they_are_taken_again(d
     client.list = listing
     bridge.watch(client.stop)
     assert answers[0] == (False, "not synced with the API server yet")
-    assert answers[1][0] is False and "refuses our credentials: API error 401" in answers[1][1]
+    assert answers[1][0] is False and "refuses our credentials: API error 401: " in answers[1][1]
     assert client.lists == 3  # each refusal: list again once the server answers
     assert bridge.health.ready() == (True, "ok")
 

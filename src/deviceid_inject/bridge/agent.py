@@ -385,8 +385,12 @@ def _status(err: Exception) -> int | None:
 
 
 def _describe(err: Exception) -> str:
+    """One wording per cause: an API error reads the same whether lightkube decoded its Status (a
+    list, a patch) or the watch request's own answer carried it (an httpx error)."""
     if isinstance(err, ApiError):
         return f"API error {err.status.code}: {err.status.message}"
+    if isinstance(err, httpx.HTTPStatusError):
+        return f"API error {err.response.status_code}: {err.response.reason_phrase}"
     return f"{type(err).__name__}: {err}"
 
 
