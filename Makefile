@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-python test-binary lint build image bench bench-quick clean
+.PHONY: setup demo test test-python test-binary test-kubernetes-versions lint build image bench bench-quick clean
 
 setup: $(STAMP)
 	@bash scripts/install-tools.sh
@@ -24,12 +24,23 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests testdata benchmarks packaging scripts
 	$(VENV)/bin/ruff format --check src tests testdata benchmarks packaging scripts
 
-# The whole suite: lint, every test against `python -m deviceid_inject`, then the binary is
-# built and every test runs again against it, then the benchmark once in its quick mode.
-test: lint test-python test-binary bench-quick
+# The whole suite: lint, every test against `python -m deviceid_inject`, the API test bed's tests
+# again against the other Kubernetes releases in support, then the binary is built and every test
+# runs again against it, then the benchmark once in its quick mode.
+test: lint test-python test-kubernetes-versions test-binary bench-quick
 
 test-python: setup
 	$(PY) -m pytest
+
+# The API test bed's tests (the bridge's RBAC and admission policy, the selection-route policy,
+# Multus writing network-status, the bridge) against kube-apiserver of each other release in support
+# (KUBERNETES_API_VERSIONS in scripts/versions.env; on 1.35 MutatingAdmissionPolicy's beta is turned
+# on as the README says). The node and the rest run on KUBERNETES_VERSION only.
+test-kubernetes-versions: setup
+	bash scripts/install-tools.sh --api-servers
+	set -e; for v in $$(. scripts/versions.env && echo $$KUBERNETES_API_VERSIONS); do \
+		DEVICEID_INJECT_KUBE_APISERVER=$$v $(PY) -m pytest tests/test_admission.py tests/test_bridge.py tests/test_multus.py; \
+	done
 
 # dist/deviceid-inject: the one-file binary for /opt/cni/bin, built in a cached Debian bullseye
 # root with Nuitka (see build.sh; skipped when dist/ is up to date). Needs root and the network.

@@ -10,7 +10,9 @@
 # Idempotent; a re-run with everything in place takes about a second. Cold, about 14 minutes on 2
 # cores; progress goes to stderr.
 #
-# Usage: scripts/install-tools.sh
+# Usage: scripts/install-tools.sh [--api-servers]
+#   --api-servers  also kube-apiserver of each KUBERNETES_API_VERSIONS (the other releases in support),
+#                  for `make test-kubernetes-versions`; not needed by `make test`
 # (tests/test_cnitool.py drives the real chains these tools make possible)
 set -euo pipefail
 
@@ -29,9 +31,11 @@ CNITOOL_PKG="github.com/containernetworking/cni/cnitool"
 CNI_PLUGINS_MOD="github.com/containernetworking/plugins"
 
 # ---- arguments ---------------------------------------------------------------
+API_SERVERS=0
 for arg in "$@"; do
     case "$arg" in
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --api-servers) API_SERVERS=1 ;;
         *) echo "install-tools: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -207,43 +211,51 @@ build_module_copy github.com/opencontainers/runc "$RUNC_VERSION" "$NODE_TOOLS/ru
 # those at the published module of the matching version (v1.37.2 -> v0.37.2). One `go build` for all
 # six commands, so their shared packages compile once; the version is stamped as upstream's build does
 # (a node then registers as v1.37.2, not v0.0.0-master).
-KUBE_DIR="$K8S_TOOLS/kubernetes-$KUBERNETES_VERSION"
-KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
-if [[ -f "$KUBE_DIR/.version" && "$(cat "$KUBE_DIR/.version")" == "$KUBERNETES_VERSION ${KUBE_CMDS[*]}" ]]; then
-    :
-else
-    log "building Kubernetes $KUBERNETES_VERSION (${KUBE_CMDS[*]}): 12 to 18 minutes cold on 2 cores"
-    staging_version="v0.${KUBERNETES_VERSION#v1.}"
-    minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+# build_kubernetes VERSION COMMAND...: the commands of k8s.io/kubernetes VERSION into
+# $K8S_TOOLS/kubernetes-VERSION, skipped when its stamp matches.
+build_kubernetes() {
+    local version="$1"; shift
+    local dir="$K8S_TOOLS/kubernetes-$version" cmds=("$@")
+    if [[ -f "$dir/.version" && "$(cat "$dir/.version")" == "$version ${cmds[*]}" ]]; then
+        return 0
+    fi
+    log "building Kubernetes $version (${cmds[*]})"
+    local staging_version="v0.${version#v1.}" minor="${version#v1.}" scratch gomod c
+    minor="${minor%%.*}"
     scratch="$(mktemp -d "$TOOLS/.kubernetes.XXXXXX")"
-    gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | jq -r '.GoMod // empty')"
-    [[ -n "$gomod" ]] || die "go mod download k8s.io/kubernetes@$KUBERNETES_VERSION gave no go.mod"
+    gomod="$(go mod download -json "k8s.io/kubernetes@$version" | jq -r '.GoMod // empty')"
+    [[ -n "$gomod" ]] || die "go mod download k8s.io/kubernetes@$version gave no go.mod"
     {
         echo "module deviceid-inject.test/k8stools"
         echo
         echo "go $(awk '$1 == "go" { print $2; exit }' "$gomod")"
         echo
-        echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+        echo "require k8s.io/kubernetes $version"
         sed -n 's#^[[:space:]]*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/.*#replace \1 => \1 '"$staging_version"'#p' "$gomod"
     } >"$scratch/go.mod"
     {
         printf '//go:build tools\n\npackage tools\n\nimport (\n'
-        for c in "${KUBE_CMDS[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+        for c in "${cmds[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
         printf ')\n'
     } >"$scratch/tools.go"
-    version_pkg=k8s.io/component-base/version
-    kube_ldflags="-X $version_pkg.gitVersion=$KUBERNETES_VERSION -X $version_pkg.gitMajor=1 -X $version_pkg.gitMinor=$minor"
-    kube_ldflags="$kube_ldflags -X $version_pkg.gitTreeState=clean -X $version_pkg.buildDate=1970-01-01T00:00:00Z"
-    pkgs=()
-    for c in "${KUBE_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+    local version_pkg=k8s.io/component-base/version
+    local ldflags="-X $version_pkg.gitVersion=$version -X $version_pkg.gitMajor=1 -X $version_pkg.gitMinor=$minor"
+    ldflags="$ldflags -X $version_pkg.gitTreeState=clean -X $version_pkg.buildDate=1970-01-01T00:00:00Z"
+    local pkgs=()
+    for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
     (cd "$scratch" && export CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" \
-        && go mod tidy >/dev/null 2>&1 && mkdir out && go build -ldflags "$kube_ldflags" -o out/ "${pkgs[@]}") \
-        || { rm -rf "$scratch"; die "building Kubernetes $KUBERNETES_VERSION failed"; }
-    rm -rf "$KUBE_DIR" && mkdir -p "$KUBE_DIR"
-    mv "$scratch"/out/* "$KUBE_DIR/"
+        && go mod tidy >/dev/null 2>&1 && mkdir out && go build -ldflags "$ldflags" -o out/ "${pkgs[@]}") \
+        || { rm -rf "$scratch"; die "building Kubernetes $version failed"; }
+    rm -rf "$dir" && mkdir -p "$dir"
+    mv "$scratch"/out/* "$dir/"
     rm -rf "$scratch"
-    echo "$KUBERNETES_VERSION ${KUBE_CMDS[*]}" >"$KUBE_DIR/.version"
-    k8s_status="$k8s_status built Kubernetes $KUBERNETES_VERSION;"
+    echo "$version ${cmds[*]}" >"$dir/.version"
+    k8s_status="$k8s_status built Kubernetes $version;"
+}
+
+build_kubernetes "$KUBERNETES_VERSION" kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
+if ((API_SERVERS)); then  # the other releases in support: their API server only (make test-kubernetes-versions)
+    for v in $KUBERNETES_API_VERSIONS; do build_kubernetes "$v" kube-apiserver; done
 fi
 command -v etcd >/dev/null || die "etcd not found after installing etcd-server"
 k8s_status="${k8s_status:- k8s test bed ok;} etcd $(etcd --version | awk '/etcd Version/ {print $3}')"

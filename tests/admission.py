@@ -38,8 +38,8 @@ DEPLOY = REPO / "deploy"
 SELECTION_ROUTE = DEPLOY / "selection-route"
 NAME = "deviceid-inject-selection-route"  # the policy and its binding
 DISABLED_LABEL = "deviceid-inject/selection-route"  # =disabled: the binding leaves the namespace alone
-POLICY_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicies/{NAME}"
-BINDING_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicybindings/{NAME}"
+POLICY_PATH = f"/apis/{tools.MUTATING_POLICY_API}/mutatingadmissionpolicies/{NAME}"
+BINDING_PATH = f"/apis/{tools.MUTATING_POLICY_API}/mutatingadmissionpolicybindings/{NAME}"
 
 
 def opted_in(networks: Sequence[str]) -> str:
@@ -57,13 +57,20 @@ def overlay(folder: Path, networks: Sequence[str] | None, image: str = "") -> Pa
         name, _, tag = image.rpartition(":")
         kustomization["resources"] = [os.path.relpath(DEPLOY, folder)]
         kustomization["images"] = [{"name": "ghcr.io/deviceid-inject/deviceid-inject", "newName": name, "newTag": tag}]
+    patches = []
     if networks is not None:
         patch = [
             {"op": "test", "path": "/spec/variables/0/name", "value": "optedIn"},
             {"op": "replace", "path": "/spec/variables/0/expression", "value": opted_in(networks)},
         ]
-        target = {"kind": "MutatingAdmissionPolicy", "name": NAME}
-        kustomization["patches"] = [{"target": target, "patch": json.dumps(patch)}]
+        patches.append({"target": {"kind": "MutatingAdmissionPolicy", "name": NAME}, "patch": json.dumps(patch)})
+    if tools.MUTATING_POLICY_API != "admissionregistration.k8s.io/v1":  # 1.35: the README's two patches
+        for kind in ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"):
+            to_beta = [{"op": "replace", "path": "/apiVersion", "value": tools.MUTATING_POLICY_API}]
+            target = {"group": "admissionregistration.k8s.io", "version": "v1", "kind": kind}
+            patches.append({"target": target, "patch": json.dumps(to_beta)})
+    if patches:
+        kustomization["patches"] = patches
     (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
     return folder
 

@@ -217,6 +217,8 @@ def kube(tmp_path_factory) -> Iterator[ApiServer]:
     server = ApiServer(tmp_path_factory.mktemp("kube"))
     try:
         server.start()
+        served = server.api().get("/version")["gitVersion"]
+        assert served == tools.APISERVER_VERSION, f"the test bed runs kube-apiserver {served}"
         server.install_nad_crd()
         yield server
     finally:

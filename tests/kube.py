@@ -35,7 +35,7 @@ from helpers import TESTDATA, wait_for
 
 from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS
 
-APISERVER = tools.kube("kube-apiserver")
+APISERVER = tools.apiserver()
 ETCD = tools.ETCD
 ADMIN_TOKEN = "deviceid-inject-test-admin"  # a static token of the loopback test bed
 NAD_CRD = TESTDATA / "k8s" / "nad-crd.json"
@@ -209,6 +209,9 @@ class ApiServer:
             "--enable-priority-and-fairness=false",
             "--profiling=false",
         ]  # fmt: skip
+        if tools.MUTATING_POLICY_API.endswith("v1beta1"):  # 1.35: the README's way to turn the beta on
+            argv += ["--feature-gates", "MutatingAdmissionPolicy=true",
+                     "--runtime-config", f"{tools.MUTATING_POLICY_API}=true"]  # fmt: skip
         self.apiserver = Service("kube-apiserver", argv, self.workdir / "kube-apiserver.log").start()
         self.apiserver.wait_until(self._ready, 120, "ready", interval=0.2)
 
@@ -302,22 +305,28 @@ def jwt_claims(token: str) -> dict[str, Any]:
 
 # --- applying manifests, and identities the API server issues ----------------------------------------
 
-_COLLECTIONS = {
-    "Namespace": "/api/v1/namespaces",
-    "Node": "/api/v1/nodes",
-    "Pod": "/api/v1/namespaces/{ns}/pods",
-    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
-    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-    "ValidatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
-    "ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
-    "MutatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicies",
-    "MutatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/mutatingadmissionpolicybindings",
+_PLURALS = {
+    "Namespace": "namespaces",
+    "Node": "nodes",
+    "Pod": "pods",
+    "ServiceAccount": "serviceaccounts",
+    "ClusterRole": "clusterroles",
+    "ClusterRoleBinding": "clusterrolebindings",
+    "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
+    "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
+    "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
 }
+_NAMESPACED = {"Pod", "ServiceAccount"}
 
 
 def collection(obj: dict[str, Any]) -> str:
-    return _COLLECTIONS[obj["kind"]].format(ns=obj["metadata"].get("namespace", "default"))
+    """Where objects of `obj`'s kind live, at the API version the object names."""
+    version = obj["apiVersion"]
+    path = f"/api/{version}" if "/" not in version else f"/apis/{version}"
+    if obj["kind"] in _NAMESPACED:
+        path += f"/namespaces/{obj['metadata'].get('namespace', 'default')}"
+    return f"{path}/{_PLURALS[obj['kind']]}"
 
 
 def apply(api: Api, objects: list[dict[str, Any]]) -> None:
