@@ -114,8 +114,10 @@ if [ ! -f "$ROOT/.stage1-ok" ]; then
   log "debootstrap bullseye -> $ROOT ($MIRROR)"
   rm -rf --one-file-system "$ROOT"
   mkdir -p "$BUILD"
-  # the compilers come in with --include: no apt-get run (and no mounts) on a cold root
-  debootstrap --variant=minbase --include="$APT_PKGS" bullseye "$ROOT" "$MIRROR" \
+  # the compilers come in with --include: no apt-get run on a cold root. debootstrap mounts
+  # /proc in the root itself and leaves it mounted when killed: a private mount namespace keeps
+  # that mount off the host.
+  unshare --mount --propagation private -- debootstrap --variant=minbase --include="$APT_PKGS" bullseye "$ROOT" "$MIRROR" \
     >"$BUILD/debootstrap.log" 2>&1 || {
     tail -20 "$BUILD/debootstrap.log" >&2
     die "debootstrap failed (whole log: $BUILD/debootstrap.log)"
