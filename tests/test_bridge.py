@@ -208,8 +208,8 @@ def test_other_writers_lose_nothing(scene: Scene, start_bridge):
     """Other annotations written at the same moment, by another writer, all survive our patches."""
     box = scene.sandbox("upf-0", "n6-upf-0")
     scene.create_nad(host_device(box.peer), name="n6-upf-0", device_id=VFS[6])
-    # Multus first, alone: its own status update gives up after a few conflicts (client-go's
-    # DefaultBackoff), and a writer hammering the Pod then fails the ADD. The race under test is
+    # Multus first, alone: its own status update gives up after five conflicts 10 ms apart
+    # (client-go's DefaultRetry), and a writer hammering the Pod then fails the ADD. The race under test is
     # the bridge's, so the bridge starts once the writer is running.
     scene.add(FIELD_MULTUS, box)
     stop = threading.Event()
