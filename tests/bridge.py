@@ -30,12 +30,10 @@ ACCOUNT = "deviceid-inject-bridge"
 USERNAME = f"system:serviceaccount:{ACCOUNT_NAMESPACE}:{ACCOUNT}"
 MERGE = "application/merge-patch+json"
 NODES = ("node-a", "node-b")
-# The 16 VFs of the vf-iavf fixture: a Pod's NAD names one, so a swap between Pods shows.
-VFS = [f"0000:3b:0{1 + i // 8}.{i % 8}" for i in range(16)]
 
 
 def device_info(vf: str) -> dict[str, Any]:
-    """What the plugin writes for one of VFS (all on the fixture's PF 0000:3b:00.0)."""
+    """What the plugin writes for one of helpers.VFS (all on the fixture's PF 0000:3b:00.0)."""
     return {"type": "pci", "version": "1.1.0", "pci": {"pci-address": vf, "pf-pci-address": "0000:3b:00.0"}}
 
 

@@ -48,6 +48,8 @@ CONFLISTS = TESTDATA / "conflists"
 SYSFS_IAVF = SYSFS / "vf-iavf"
 NET1_PCI = "0000:3b:02.3"
 NET1_PF = "0000:3b:00.0"
+# Its 16 VFs (net1 is VFS[11]): Pods handed different ones side by side show any swap between them.
+VFS = tuple(f"0000:3b:0{1 + n // 8}.{n % 8}" for n in range(16))
 NET1_DEVICE_INFO = {"type": "pci", "version": "1.1.0", "pci": {"pci-address": NET1_PCI, "pf-pci-address": NET1_PF}}
 # The selection route's deviceID: a PCI address no host has, which the plugin treats as absent.
 PLACEHOLDER = "0000:00:00.0"

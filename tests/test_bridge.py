@@ -19,7 +19,6 @@ import pytest
 from bridge import (
     MERGE,
     USERNAME,
-    VFS,
     BridgeProcess,
     agent_api,
     copy_of_network_status,
@@ -29,7 +28,7 @@ from bridge import (
     record,
     wait_for_policy,
 )
-from helpers import NET1_DEVICE_INFO, Impl, wait_for
+from helpers import NET1_DEVICE_INFO, VFS, Impl, wait_for
 from kube import Api, ApiError, ApiServer, jwt_claims, network_status, service_account_token
 from multus import NODE, Sandbox, Scene, host_device
 from tools import FIELD_MULTUS

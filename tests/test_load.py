@@ -22,6 +22,7 @@ from helpers import (
     POD_NETNS,
     SYSFS_IAVF,
     VETH_NOT_PCI,
+    VFS,
     Cnitool,
     Impl,
     attachment_state,
@@ -78,12 +79,8 @@ def load_pods() -> Iterator[list[LoadPod]]:
         _batch([f"netns del {p.netns_name}" for p in pods], check=False)
 
 
-# The 16 VFs of testdata/sysfs/vf-iavf (PF 0000:3b:00.0): pod i is handed VF i % 16 as its
-# deviceID, so pods running side by side name different VFs and a swap between them is caught.
-VFS = tuple(f"0000:3b:0{1 + n // 8}.{n % 8}" for n in range(16))
-
-
 def vf_of(index: int) -> str:
+    """Pod `index`'s deviceID: pods running side by side name different VFs of the fixture."""
     return VFS[index % len(VFS)]
 
 

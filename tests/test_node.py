@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge import VFS, device_info
+from bridge import device_info
 from cluster import Cluster, entry, ready
 from harness import NotReady
-from helpers import PLACEHOLDER, files_under
+from helpers import PLACEHOLDER, VFS, files_under
 from kube import Watch
 from node import Node, build_our_image
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 from admission import overlay, remove, selection_of, wait_rewrites
-from bridge import VFS, device_info
+from bridge import device_info
 from cluster import Cluster, entry, ready
 from harness import Service
-from helpers import PLACEHOLDER, TESTDATA
+from helpers import PLACEHOLDER, TESTDATA, VFS
 from kube import Seen, Watch
 from node import Node
 
