@@ -52,8 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "testdata"))
 
-from bridge import VFS, BridgeProcess, agent_api, device_info, install  # noqa: E402
-from helpers import CNI_BIN, have_cni_tools  # noqa: E402
+from bridge import BridgeProcess, agent_api, device_info, install  # noqa: E402
+from helpers import CNI_BIN, VFS, have_cni_tools  # noqa: E402
 from kube import Api, ApiServer, missing_tools, network_status  # noqa: E402
 from multus import NODE, Scene, host_device, multus_binary  # noqa: E402
 from tools import FIELD_MULTUS  # noqa: E402

@@ -43,9 +43,8 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "testdata")]
 import admission  # noqa: E402
 import kube  # noqa: E402
 import tools  # noqa: E402
-from bridge import VFS  # noqa: E402
 from cluster import Cluster, build_multus_image, entry, image_reference, ready  # noqa: E402
-from helpers import PLACEHOLDER  # noqa: E402
+from helpers import PLACEHOLDER, VFS  # noqa: E402
 from kube import Seen, Watch  # noqa: E402
 from node import Node  # noqa: E402
 
