@@ -145,7 +145,8 @@ class Bridge:
                     if stop.is_set():
                         return
             except (httpx.HTTPError, OSError) as err:  # lightkube's ApiError is an httpx.HTTPStatusError
-                status = _status(err)
+                answer = _api_answer(err)
+                status = answer[0] if answer else None
                 if status == 410:  # as an ERROR event, or as the answer to the watch request
                     self.log.info("watch: resourceVersion too old (410 Gone); listing again")
                     self.metrics.relists.inc()
@@ -375,23 +376,22 @@ class Bridge:
                 self.pods[key.uid] = patched
 
 
-def _status(err: Exception) -> int | None:
-    """The HTTP status an error carries, if it carries one."""
+def _api_answer(err: Exception) -> tuple[int, str | None] | None:
+    """The HTTP status and message an error carries, if it carries one. ApiError first: it is an
+    httpx.HTTPStatusError too, but a watch's ERROR event has only its decoded Status, no response."""
     if isinstance(err, ApiError):
-        return err.status.code
-    if isinstance(err, httpx.HTTPStatusError):
-        return err.response.status_code
+        return err.status.code, err.status.message
+    if isinstance(err, httpx.HTTPStatusError):  # the watch request's own answer
+        return err.response.status_code, err.response.reason_phrase
     return None
 
 
 def _describe(err: Exception) -> str:
-    """One wording per cause: an API error reads the same whether lightkube decoded its Status (a
-    list, a patch) or the watch request's own answer carried it (an httpx error)."""
-    if isinstance(err, ApiError):
-        return f"API error {err.status.code}: {err.status.message}"
-    if isinstance(err, httpx.HTTPStatusError):
-        return f"API error {err.response.status_code}: {err.response.reason_phrase}"
-    return f"{type(err).__name__}: {err}"
+    """One wording per cause, however lightkube delivered the API's answer."""
+    answer = _api_answer(err)
+    if answer is None:
+        return f"{type(err).__name__}: {err}"
+    return f"API error {answer[0]}: {answer[1]}"
 
 
 def _annotations(pod: Pod) -> dict[str, str]:
