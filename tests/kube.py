@@ -35,7 +35,7 @@ from helpers import TESTDATA, wait_for
 
 from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS
 
-APISERVER = tools.apiserver()
+APISERVER = tools.kube("kube-apiserver", tools.APISERVER_VERSION)
 ETCD = tools.ETCD
 ADMIN_TOKEN = "deviceid-inject-test-admin"  # a static token of the loopback test bed
 NAD_CRD = TESTDATA / "k8s" / "nad-crd.json"
@@ -209,7 +209,7 @@ class ApiServer:
             "--enable-priority-and-fairness=false",
             "--profiling=false",
         ]  # fmt: skip
-        if tools.MUTATING_POLICY_API.endswith("v1beta1"):  # 1.35: the README's way to turn the beta on
+        if tools.MUTATING_POLICY_BETA:  # 1.35: the README's way to turn the beta on
             argv += ["--feature-gates", "MutatingAdmissionPolicy=true",
                      "--runtime-config", f"{tools.MUTATING_POLICY_API}=true"]  # fmt: skip
         self.apiserver = Service("kube-apiserver", argv, self.workdir / "kube-apiserver.log").start()

@@ -39,18 +39,16 @@ MULTUS_V3_VERSIONS = tuple(VERSIONS["MULTUS_V3_VERSIONS"].split())
 V3_UNGATED, V3_GATED = MULTUS_V3_VERSIONS
 THICK_MULTUS = VERSIONS["THICK_MULTUS"]
 FIELD_MULTUS = VERSIONS["FIELD_MULTUS"]
-KUBERNETES_API_VERSIONS = tuple(VERSIONS["KUBERNETES_API_VERSIONS"].split())
 # The API test bed's kube-apiserver (tests/kube.py): KUBERNETES_VERSION's, or one of
 # KUBERNETES_API_VERSIONS named by DEVICEID_INJECT_KUBE_APISERVER (make test-kubernetes-versions).
 APISERVER_VERSION = os.environ.get("DEVICEID_INJECT_KUBE_APISERVER") or KUBERNETES_VERSION
-APISERVER_MINOR = int(APISERVER_VERSION.split(".")[1])
 # MutatingAdmissionPolicy: GA and on from 1.36; beta (admissionregistration.k8s.io/v1beta1, off
 # unless its feature gate and API are turned on) in 1.34 and 1.35.
-MUTATING_POLICY_API = "admissionregistration.k8s.io/" + ("v1" if APISERVER_MINOR >= 36 else "v1beta1")
+MUTATING_POLICY_BETA = int(APISERVER_VERSION.split(".")[1]) < 36
+MUTATING_POLICY_API = "admissionregistration.k8s.io/" + ("v1beta1" if MUTATING_POLICY_BETA else "v1")
 
 CNI_BIN = TOOLS / "cni-bin"
 CNITOOL = CNI_BIN / "cnitool"
-KUBE_BIN = TOOLS / "k8s" / f"kubernetes-{KUBERNETES_VERSION}"
 CONTAINERD_BIN = TOOLS / "node" / f"containerd-{CONTAINERD_VERSION}"
 RUNC = TOOLS / "node" / f"runc-{RUNC_VERSION}" / "runc"
 ETCD = Path("/usr/bin/etcd")
@@ -59,14 +57,10 @@ BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
 MULTUS_THICK_COMMANDS = ("multus-daemon", "multus-shim", "install_multus", "multus")
 
 
-def kube(command: str) -> Path:
-    """kube-apiserver, kubelet, kubectl, ... of KUBERNETES_VERSION."""
-    return KUBE_BIN / command
-
-
-def apiserver() -> Path:
-    """The API test bed's kube-apiserver, of APISERVER_VERSION."""
-    return TOOLS / "k8s" / f"kubernetes-{APISERVER_VERSION}" / "kube-apiserver"
+def kube(command: str, version: str = KUBERNETES_VERSION) -> Path:
+    """kube-apiserver, kubelet, kubectl, ... of `version` (install-tools builds them all of
+    KUBERNETES_VERSION; with --api-servers, kube-apiserver of each KUBERNETES_API_VERSIONS)."""
+    return TOOLS / "k8s" / f"kubernetes-{version}" / command
 
 
 def multus(version: str, command: str = "multus") -> Path:
