@@ -12,7 +12,7 @@
 #
 # Usage: scripts/install-tools.sh [--api-servers]
 #   --api-servers  also kube-apiserver of each KUBERNETES_API_VERSIONS (the other releases in support),
-#                  for `make test-kubernetes-versions`; not needed by `make test`
+#                  for `make test-kubernetes-versions` (part of `make test`)
 # (tests/test_cnitool.py drives the real chains these tools make possible)
 set -euo pipefail
 
@@ -34,7 +34,7 @@ CNI_PLUGINS_MOD="github.com/containernetworking/plugins"
 API_SERVERS=0
 for arg in "$@"; do
     case "$arg" in
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         --api-servers) API_SERVERS=1 ;;
         *) echo "install-tools: unknown argument: $arg" >&2; exit 2 ;;
     esac
