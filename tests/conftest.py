@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
-pytest.register_assert_rewrite("helpers", "kube", "multus", "node", "cluster", "harness", "admission")
+pytest.register_assert_rewrite("helpers", "kube", "multus", "node", "cluster", "harness", "admission", "served")
 
 import tools  # noqa: E402
 from admission import MultusParsers  # noqa: E402
@@ -37,11 +37,56 @@ from kube import ApiServer, missing_tools  # noqa: E402
 from multus import Scene  # noqa: E402
 from node import Node  # noqa: E402
 
+import served  # noqa: E402
+
 sys.path.insert(0, str(TESTDATA))
 
 
 @pytest.fixture(scope="session", autouse=True)
-def launcher_cache(tmp_path_factory):
+def via_server(tmp_path_factory) -> Iterator[served.CniServer | None]:
+    """With DEVICEID_INJECT_VIA_SERVER=1, every plugin call of the session goes through the launcher
+    to one running CNI server. The launcher's own cache is one it refuses (writable by others), so a
+    call that falls back instead of being served fails loudly: each test's own assertions prove the
+    server path. Tests whose calls are never the server's (VERSION, the operator's commands) are
+    marked exec_path and run only without it."""
+    folder = tmp_path_factory.mktemp("via-server")
+    if not served.VIA_SERVER:  # the exec path, whatever may listen on this host's default socket
+        os.environ["DEVICEID_INJECT_SOCKET"] = str(folder / "no-server" / "cni.sock")
+        yield None
+        del os.environ["DEVICEID_INJECT_SOCKET"]
+        return
+    binary = served.client_binary(folder / "bin")
+    server = served.start_server(binary, folder)
+    refused = folder / "refused-cache"
+    refused.mkdir()
+    refused.chmod(0o777)
+    saved = {key: os.environ.get(key) for key in ("DEVICEID_INJECT_EXE", "DEVICEID_INJECT_SOCKET", "DEVICEID_INJECT_CACHE")}
+    os.environ.update(
+        DEVICEID_INJECT_EXE=str(binary), DEVICEID_INJECT_SOCKET=str(server.socket), DEVICEID_INJECT_CACHE=str(refused)
+    )
+    try:
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        code = server.stop()
+    assert code == 0, f"the CNI server did not stop cleanly on SIGTERM ({code})\n{server.service.tail()}"
+    assert "Traceback" not in server.service.log(), server.service.tail(80)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if served.VIA_SERVER:
+        skip = pytest.mark.skip(reason="its calls never reach the CNI server (VERSION, the operator's commands)")
+        for item in items:
+            if item.get_closest_marker("exec_path"):
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def launcher_cache(tmp_path_factory, via_server):
     """The binary's unpacked folder lives in the session's tmp dir and goes with it."""
     if not os.environ.get("DEVICEID_INJECT_EXE") or os.environ.get("DEVICEID_INJECT_CACHE"):
         yield
@@ -152,9 +197,9 @@ def veth_in(netns: str):
 def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Impl:
     """The implementation under test; conftest's run_plugin follows it for the whole test."""
     exe = os.environ.get("DEVICEID_INJECT_EXE")
-    if request.param == "exe":
+    if request.param in ("exe", "served"):
         assert exe
-        return Impl("exe", (exe,))
+        return Impl(request.param, (exe,))
     monkeypatch.delenv("DEVICEID_INJECT_EXE", raising=False)
     return Impl("python", (sys.executable, "-m", "deviceid_inject"))
 
@@ -165,7 +210,7 @@ def cni_path(impl: Impl, tmp_path: Path) -> str:
     folder = tmp_path / "plugin-bin"
     folder.mkdir()
     plugin = folder / "deviceid-inject"
-    if impl.name == "exe":
+    if impl.name in ("exe", "served"):
         plugin.symlink_to(impl.command[0])
     else:
         plugin.write_text(f'#!/bin/sh\nexec {shlex.join(impl.command)} "$@"\n')

@@ -32,6 +32,7 @@ from typing import Any
 
 import harness
 import pytest
+import served
 import tools
 import yaml
 from harness import Outcome, base_env
@@ -81,7 +82,7 @@ def host_pci_netdev() -> tuple[str, str]:
 
 # Handed through to every plugin process: where the interpreter finds the package, and where
 # the binary's launcher unpacks (a folder of the test session's, not the host's /var/cache).
-PASSED_THROUGH = ("PYTHONPATH", "DEVICEID_INJECT_CACHE")
+PASSED_THROUGH = ("PYTHONPATH", "DEVICEID_INJECT_CACHE", "DEVICEID_INJECT_SOCKET")
 
 
 def passed_through() -> dict[str, str]:
@@ -160,6 +161,8 @@ class Impl:
 
 
 def implementations() -> list[Any]:
+    if served.VIA_SERVER:  # the launcher in front of a running server (served.py, conftest)
+        return [pytest.param("served", id="served")]
     impls = [pytest.param("python", id="python")]
     if os.environ.get("DEVICEID_INJECT_EXE"):
         impls.append(pytest.param("exe", id="exe"))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import served
 from harness import base_env
 from helpers import (
     SYSFS,
@@ -302,8 +303,12 @@ def judge(scene: Scene, code: int, stdout: str, stderr: str) -> list[str]:
     return problems
 
 
-def run_case_subprocess(case: dict[str, Any], base: Path) -> list[str]:
+def run_case_subprocess(case: dict[str, Any], base: Path) -> list[str] | None:
+    """The case's problems; None when it is not the server's to answer while the suite runs
+    through one (its call runs on the exec path, which the suite without a server covers)."""
     scene = prepare(case, base)
+    if served.VIA_SERVER and not served.reaches_server(scene.environ()):
+        return None
     try:
         run = run_plugin(scene.command, scene.stdin, env=scene.env)
     except (AssertionError, ValueError) as exc:  # run_plugin's own checks: no traceback, one JSON object
@@ -358,9 +363,11 @@ def test_the_corpus_is_big_and_covers_every_kind() -> None:
 
 def test_every_corpus_case_as_a_subprocess(impl: Impl, tmp_path: Path) -> None:
     with host_defaults_untouched(), ThreadPoolExecutor(WORKERS) as pool:
-        answers = pool.map(lambda ic: run_case_subprocess(ic[1], tmp_path / f"c{ic[0]:03d}"), enumerate(REGULAR))
+        answers = list(pool.map(lambda ic: run_case_subprocess(ic[1], tmp_path / f"c{ic[0]:03d}"), enumerate(REGULAR)))
         failures = {case["id"]: problems for case, problems in zip(REGULAR, answers) if problems}
-    assert not failures, f"{len(failures)} of {len(REGULAR)} cases misbehaved:\n{report(failures)}"
+    ran = sum(answer is not None for answer in answers)
+    assert ran >= len(REGULAR) - 20, f"only {ran} of {len(REGULAR)} cases ran"
+    assert not failures, f"{len(failures)} of {ran} cases misbehaved:\n{report(failures)}"
 
 
 def test_every_corpus_case_in_process_writes_only_inside_the_roots(tmp_path: Path) -> None:
@@ -373,6 +380,7 @@ def test_every_corpus_case_in_process_writes_only_inside_the_roots(tmp_path: Pat
     assert not failures, f"{len(failures)} of {len(REGULAR)} cases misbehaved:\n{report(failures)}"
 
 
+@pytest.mark.exec_path
 def test_without_cni_command_the_executable_is_the_operator_tool(impl: Impl, make_config, roots) -> None:
     """No CNI_COMMAND: not a plugin run but the operator's command line (no runtime does this).
     It must print usage on stderr, nothing on stdout, and touch nothing."""

@@ -4,6 +4,7 @@
     deviceid-inject discover --netns PATH --ifname NAME [--mac MAC] [--sysfs-root DIR] ...
     deviceid-inject check-config FILE
     deviceid-inject bridge --node NODE [--kubeconfig FILE] [--data-dir DIR] [--listen HOST:PORT]
+    deviceid-inject cni-server [--socket PATH] [--serve DIR ...] [--max-calls N] [--log-level L]
     deviceid-inject wait-device-info --annotations FILE --interface NAME [--network NS/NAD] [--timeout S]
     deviceid-inject install [--from FILE] FOLDER
     deviceid-inject probe [--timeout S] URL
@@ -29,6 +30,7 @@ from .protocol import SUPPORTED_VERSIONS, CniError, check_ifname
 EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
 PLUGIN_TYPE = "deviceid-inject"
 IMAGE_BINARY = "/usr/local/bin/deviceid-inject"  # where the image (packaging/image.py) holds it
+SERVER_SOCKET = "/run/deviceid-inject/cni.sock"  # the launcher's default too (launcher.c)
 
 
 def version_text() -> str:
@@ -85,6 +87,25 @@ def parser() -> argparse.ArgumentParser:
 
     add_arguments(agent)
 
+    server = commands.add_parser(
+        "cni-server",
+        help="serve the node's CNI calls from one resident process (the launcher asks it first)",
+        description="Listens on a unix socket for the CNI calls the exec'd binary hands over, and runs "
+        "each in a child of its own. Clients it cannot serve (nothing listening, another build, a path "
+        "outside --serve) run the plugin themselves. Runs until SIGTERM.",
+    )
+    server.add_argument("--socket", default=SERVER_SOCKET, help="default: %(default)s")
+    server.add_argument(
+        "--serve",
+        action="append",
+        metavar="DIR",
+        help="a host folder this process sees at its host path (repeatable); calls naming a path outside "
+        "every one are handed back to the client. Default: / (the server runs in the host's mounts)",
+    )
+    server.add_argument("--max-calls", type=int, default=16, help="calls run at once (default: %(default)s)")
+    server.add_argument("--call-seconds", type=float, default=30.0, help="one call's deadline (default: %(default)s)")
+    server.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"])
+
     put = commands.add_parser(
         "install",
         help="install this executable into a node's CNI folder (what the DaemonSet's init container runs)",
@@ -134,6 +155,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         return install(args, out, err)
     if args.command == "probe":
         return probe(args.url, args.timeout, out, err)
+    if args.command == "cni-server":
+        return cni_server(args, err)
     if args.command == "bridge":
         from .bridge.main import run as run_bridge
 
@@ -146,6 +169,18 @@ def _say(err: TextIO, message: str, code: int) -> int:
     """Tell the operator why on stderr (stdout carries only the answer); the exit code to return."""
     err.write(f"deviceid-inject: {message}\n")
     return code
+
+
+def cni_server(args: argparse.Namespace, err: TextIO) -> int:
+    from . import cniserver
+
+    if args.max_calls < 1 or args.call_seconds <= 0:
+        return _say(err, "--max-calls and --call-seconds must be positive", EXIT_USAGE)
+    roots = cniserver.Roots(tuple(args.serve or ["/"]))
+    if any(not root.startswith("/") for root in roots.paths):
+        return _say(err, "--serve takes absolute folders", EXIT_USAGE)
+    limits = cniserver.Limits(max_calls=args.max_calls, call_seconds=args.call_seconds)
+    return cniserver.run(args.socket, roots, limits, Log(args.log_level, stream=err))
 
 
 def probe(url: str, timeout: float, out: TextIO, err: TextIO) -> int:

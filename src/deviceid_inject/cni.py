@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO, TextIO
 
     Command = Callable[[Env, Config, Log], "dict[str, Any] | None"]
+    Admit = Callable[["dict[str, Any]"], None]
+
+
+class Declined(Exception):
+    """Raised by `run`'s admit hook: this process will not serve the call, and nothing was done.
+    The CNI server's way to hand a call back to its client (not a CNI error: nobody failed)."""
 
 
 def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
@@ -266,8 +272,9 @@ HANDLERS: dict[str, Command] = {
 }
 
 
-def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: TextIO) -> int:
-    """One plugin invocation. Returns the exit code; every failure is one CNI error on stdout."""
+def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: TextIO, admit: Admit | None = None) -> int:
+    """One plugin invocation. Returns the exit code; every failure is one CNI error on stdout.
+    `admit`, given the decoded config before anything reads or writes a file, may raise Declined."""
     log = Log(stream=stderr)
     cni_version = protocol.LATEST_VERSION
     try:
@@ -276,6 +283,8 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Tex
             protocol.write_json(stdout, version_info(_lenient_config(stdin)))
             return 0
         raw = protocol.read_config(stdin)
+        if admit is not None:
+            admit(raw)
         if raw.get("cniVersion") in protocol.SUPPORTED_VERSIONS:
             cni_version = raw["cniVersion"]
         protocol.require_version(raw.get("cniVersion"), env.command)
@@ -288,6 +297,8 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Tex
         if result is not None:
             protocol.write_json(stdout, result)
         return 0
+    except Declined:
+        raise
     except Exception as exc:  # every failure, a bug of ours too, is one error object: never a traceback
         err = _as_cni_error(exc)
         log.error(f"{err.msg} (code {err.code})")

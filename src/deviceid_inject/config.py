@@ -200,6 +200,21 @@ def validate(raw: dict[str, Any]) -> None:
         raise CniError(ERR_INVALID_CONFIG, "invalid deviceid-inject config: " + "; ".join(errors))
 
 
+def named_paths(raw: dict[str, Any]) -> dict[str, str]:
+    """Every host path the config makes the plugin read or write, by the key that names it, with
+    the defaults filled in; values that are not strings are left to `load` to refuse. The CNI
+    server serves only calls whose paths it sees as the host does (cniserver.Roots)."""
+    runtime = raw.get("runtimeConfig")
+    named = {
+        "deviceInfoRoot": raw.get("deviceInfoRoot", DEFAULT_DEVICE_INFO_ROOT),
+        "dataDir": raw.get("dataDir", DEFAULT_DATA_DIR),
+        "logFile": raw.get("logFile"),
+        "sysfsRoot": raw.get("sysfsRoot"),
+        "runtimeConfig.CNIDeviceInfoFile": runtime.get("CNIDeviceInfoFile") if isinstance(runtime, dict) else None,
+    }
+    return {key: value for key, value in named.items() if isinstance(value, str) and value}
+
+
 def load(raw: dict[str, Any]) -> Config:
     """Validate the plugin's keys and build the Config; unknown keys are ignored, as CNI requires.
     Validation consults the record of configs known valid under dataDir, and a config not known yet

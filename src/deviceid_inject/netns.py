@@ -98,12 +98,21 @@ def _child(ns_fd: int, ifname: str, out_fd: int) -> None:
         os._exit(0)
 
 
-def _inspect(ns_fd: int, ifname: str) -> dict[str, object]:
+def enter(ns_fd: int) -> None:
+    """Move this whole process into the network namespace open at `ns_fd`: only ever in a child
+    forked for it (the probe's, or the CNI server's per call). OSError says why not."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     if libc.setns(ns_fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        why = "not a network namespace" if err == errno.EINVAL else os.strerror(err)
-        return {"exists": False, "problem": f"cannot enter the netns: {why}"}
+        raise OSError(err, "not a network namespace" if err == errno.EINVAL else os.strerror(err))
+
+
+def _inspect(ns_fd: int, ifname: str) -> dict[str, object]:
+    try:
+        enter(ns_fd)
+    except OSError as exc:
+        return {"exists": False, "problem": f"cannot enter the netns: {exc.strerror}"}
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
     view: dict[str, object] = {"exists": False}
     problems = []
     try:
