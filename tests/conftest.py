@@ -19,6 +19,7 @@ import pytest
 
 pytest.register_assert_rewrite("helpers", "kube", "multus", "node", "cluster", "harness", "admission", "served")
 
+import served  # noqa: E402
 import tools  # noqa: E402
 from admission import MultusParsers  # noqa: E402
 from cluster import Cluster, build_multus_image, image_reference  # noqa: E402
@@ -36,8 +37,6 @@ from helpers import (  # noqa: E402
 from kube import ApiServer, missing_tools  # noqa: E402
 from multus import Scene  # noqa: E402
 from node import Node  # noqa: E402
-
-import served  # noqa: E402
 
 sys.path.insert(0, str(TESTDATA))
 
@@ -60,7 +59,8 @@ def via_server(tmp_path_factory) -> Iterator[served.CniServer | None]:
     refused = folder / "refused-cache"
     refused.mkdir()
     refused.chmod(0o777)
-    saved = {key: os.environ.get(key) for key in ("DEVICEID_INJECT_EXE", "DEVICEID_INJECT_SOCKET", "DEVICEID_INJECT_CACHE")}
+    keys = ("DEVICEID_INJECT_EXE", "DEVICEID_INJECT_SOCKET", "DEVICEID_INJECT_CACHE")
+    saved = {key: os.environ.get(key) for key in keys}
     os.environ.update(
         DEVICEID_INJECT_EXE=str(binary), DEVICEID_INJECT_SOCKET=str(server.socket), DEVICEID_INJECT_CACHE=str(refused)
     )
