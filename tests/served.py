@@ -104,12 +104,14 @@ class CniServer:
         return self.service.stop()
 
 
-def start_server(binary: Path, folder: Path, *args: str, cache: Path | None = None) -> CniServer:
-    """`<binary> cni-server` on a socket in `folder`, logging at info; returns once it accepts."""
-    sock = folder / "run" / "cni.sock"
-    env = harness.base_env(DEVICEID_INJECT_CACHE=str(cache or cache_folder(folder / "server-cache")))
+def start_server(binary: Path, folder: Path, *args: str, sock: Path | None = None) -> CniServer:
+    """`<binary> cni-server` on `sock` (default: in `folder`), logging at info into `folder`;
+    returns once it accepts."""
+    sock = sock or folder / "run" / "cni.sock"
+    env = harness.base_env(DEVICEID_INJECT_CACHE=str(cache_folder(folder / "server-cache")))
     argv = [str(binary), "cni-server", "--socket", str(sock), "--log-level", "info", *args]
     service = harness.Service("cni-server", argv, folder / "cni-server.log", env=env).start()
     server = CniServer(binary, sock, service)
-    service.wait_until(server.answers, timeout=60, what="accepting")
+    # Its own line first: another server may still answer on that path until this one takes it over.
+    service.wait_until(lambda: "serving CNI calls on" in service.log() and server.answers(), 60, "accepting")
     return server

@@ -104,6 +104,12 @@ def parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--max-calls", type=int, default=16, help="calls run at once (default: %(default)s)")
     server.add_argument("--call-seconds", type=float, default=30.0, help="one call's deadline (default: %(default)s)")
+    server.add_argument(
+        "--read-seconds",
+        type=float,
+        default=5.0,
+        help="to send a whole request (default: %(default)s)",
+    )
     server.add_argument("--log-level", default="info", choices=["error", "warning", "info", "debug"])
 
     put = commands.add_parser(
@@ -174,12 +180,12 @@ def _say(err: TextIO, message: str, code: int) -> int:
 def cni_server(args: argparse.Namespace, err: TextIO) -> int:
     from . import cniserver
 
-    if args.max_calls < 1 or args.call_seconds <= 0:
-        return _say(err, "--max-calls and --call-seconds must be positive", EXIT_USAGE)
+    if args.max_calls < 1 or args.call_seconds <= 0 or args.read_seconds <= 0:
+        return _say(err, "--max-calls, --call-seconds and --read-seconds must be positive", EXIT_USAGE)
     roots = cniserver.Roots(tuple(args.serve or ["/"]))
     if any(not root.startswith("/") for root in roots.paths):
         return _say(err, "--serve takes absolute folders", EXIT_USAGE)
-    limits = cniserver.Limits(max_calls=args.max_calls, call_seconds=args.call_seconds)
+    limits = cniserver.Limits(max_calls=args.max_calls, call_seconds=args.call_seconds, read_seconds=args.read_seconds)
     return cniserver.run(args.socket, roots, limits, Log(args.log_level, stream=err))
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import selectors
@@ -94,7 +95,6 @@ class _Connection:
 @dataclass
 class _Call:
     label: str
-    sock: socket.socket  # kept to see the client go: a client killed mid-call kills its call
     started: float
     deadline: float
     killed: str = ""  # why we killed it
@@ -243,7 +243,9 @@ class Server:
         elif conn.request is not None:
             self._unwatch(conn)
             if conn.request.build_id != self.build_id:
-                self._drop(conn, f"this server is build {self.build_id}, the client {conn.request.build_id}")
+                reason = f"this server is build {self.build_id}, the client {conn.request.build_id}"
+                self.log.info(f"handed {_label(conn.request.environ)} back to its client: {reason}")
+                self._drop(conn, reason)
             elif not conn.fds:
                 self._drop(conn, "no network namespace sent")
             else:
@@ -275,22 +277,12 @@ class Server:
                 _child(conn, request, others, self.roots, self.log)
             with contextlib.suppress(OSError):  # the child does it too: whichever runs first
                 os.setpgid(pid, pid)
-            for fd in conn.fds:
-                os.close(fd)
-            self.calls[pid] = _Call(label, conn.sock, time.monotonic(), conn.deadline)
-            self.selector.register(conn.sock, selectors.EVENT_READ, lambda _, pid=pid: self._client_gone(pid))
-
-    def _client_gone(self, pid: int) -> None:
-        """The client sends nothing after its request: readable means it hung up or died. Its call
-        dies too, as an exec'd plugin would, so that no ADD lands after the runtime's DEL."""
-        call = self.calls[pid]
-        self.selector.unregister(call.sock)
-        self._kill(pid, call, "its client went away")
+            conn.close()
+            self.calls[pid] = _Call(label, time.monotonic(), conn.deadline)
 
     def _open_fds(self, besides: _Connection) -> list[int]:
         """What a child must close: everything of the server's that is not its own call."""
         socks = [self.listener, self.wake_read, self.wake_write, *(c.sock for c in self.reading.values())]
-        socks += [c.sock for c in self.calls.values()]
         socks += [c.sock for c in self.waiting if c is not besides]
         fds = [s.fileno() for s in socks if s.fileno() >= 0]
         fds += [fd for c in (*self.reading.values(), *self.waiting) if c is not besides for fd in c.fds]
@@ -307,15 +299,12 @@ class Server:
             call = self.calls.pop(pid, None)
             if call is None:
                 continue
-            if call.sock.fileno() in self.selector.get_map():
-                self.selector.unregister(call.sock)
-            call.sock.close()
             ms = (time.monotonic() - call.started) * 1000
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 1):
                 self.served += 1
                 self.log.info(f"served {call.label}: exit {os.WEXITSTATUS(status)} in {ms:.1f} ms")
             elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == _EXIT_REFUSED:
-                self.log.info(f"handed {call.label} back to its client in {ms:.1f} ms")
+                pass  # the child said why
             else:
                 why = call.killed or f"status {status}"
                 self.log.error(f"{call.label} ended without an answer ({why}); its client runs the plugin itself")
@@ -356,8 +345,10 @@ def _child(
             signal.signal(signum, signal.SIG_DFL)
         for fd in others:
             _close_quietly(fd)
-        conn.sock.setblocking(True)
+        working = _die_with_the_client(conn.sock, _label(request.environ), log)
         status, reply = _run_call(conn.fds, request, roots, log)
+        working.clear()
+        conn.sock.setblocking(True)
         conn.sock.settimeout(max(0.1, conn.deadline - time.monotonic()))
         conn.sock.sendall(reply)
     except BaseException as exc:
@@ -366,11 +357,40 @@ def _child(
         os._exit(status)
 
 
+def _die_with_the_client(sock: socket.socket, label: str, log: Log) -> set[str]:
+    """Kill this call's process group when its client goes away before the work is done, as an
+    exec'd plugin dies with its runtime's kill: no ADD may land after the runtime's DEL. The client
+    sends nothing after its request, so the socket turning readable (SIGIO) means it hung up.
+    Returns the marker to clear once the work is done."""
+    working = {label}
+
+    def check(signum: int = 0, frame: object = None) -> None:
+        if not working:
+            return
+        try:
+            if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return  # bytes a client never sends: not a hang-up
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        log.warning(f"{label}: its client went away; the call dies with it")
+        os.killpg(0, signal.SIGKILL)
+
+    signal.signal(signal.SIGIO, check)
+    fcntl.fcntl(sock.fileno(), fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
+    check()  # gone already, before the signal was armed
+    return working
+
+
 def _run_call(fds: list[int], request: wire.Request, roots: Roots, log: Log) -> tuple[int, bytes]:
     try:
         netns.enter(fds[0])
     except OSError as exc:
-        return _EXIT_REFUSED, wire.encode_refusal(f"cannot enter the client's network namespace: {exc.strerror}")
+        reason = f"cannot enter the client's network namespace: {exc.strerror}"
+        log.warning(f"handed {_label(request.environ)} back to its client: {reason}")
+        return _EXIT_REFUSED, wire.encode_refusal(reason)
     environ = {key: value for key, value in request.environ.items() if key.startswith("CNI_")}
     if len(fds) > 1:
         environ["CNI_NETNS"] = f"/proc/self/fd/{fds[1]}"
@@ -378,7 +398,7 @@ def _run_call(fds: list[int], request: wire.Request, roots: Roots, log: Log) -> 
     def admit(raw: dict[str, object]) -> None:
         reason = roots.refusal(configuration.named_paths(raw))
         if reason is not None:
-            log.warning(f"handing {_label(environ)} back to its client: {reason}")
+            log.warning(f"handed {_label(environ)} back to its client: {reason}")
             raise cni.Declined(reason)
 
     stdout, stderr = io.StringIO(), _Tee(log.stream)
