@@ -19,7 +19,7 @@ from typing import Any
 
 import tools
 from harness import Outcome
-from helpers import REPO
+from helpers import REPO, SYSFS_IAVF
 from kube import ApiError, network_status
 from multus import field_nad
 from node import PAUSE_IMAGE, Node, build_image
@@ -29,8 +29,24 @@ from deviceid_inject.annotations import NETWORKS
 TEST_IMAGES = "localhost/deviceid-inject-test"
 DEPLOY = REPO / "deploy"
 PUBLISHED_IMAGE = "ghcr.io/deviceid-inject/deviceid-inject"  # what deploy/'s manifests name
-PLUGIN_LOG = "/var/log/deviceid-inject.log"  # on the node
+PLUGIN_LOG = "/var/log/deviceid-inject/plugin.log"  # on the node: a folder the CNI server serves
 DEVICEID_INJECT = "/usr/local/bin/deviceid-inject"  # in the image
+# The one test seam in what the node runs: this machine has no SR-IOV NIC, so the field NAD's
+# sysfsRoot is the vf-iavf fixture, which the CNI server must see at its host path like every folder
+# it serves. Nothing else of deploy/ changes.
+FIXTURE_SYSFS_PATCH = f"""patches:
+- target: {{kind: DaemonSet, name: deviceid-inject}}
+  patch: |-
+    - op: add
+      path: /spec/template/spec/containers/1/command/-
+      value: --serve={SYSFS_IAVF}
+    - op: add
+      path: /spec/template/spec/containers/1/volumeMounts/-
+      value: {{name: fixture-sysfs, mountPath: {SYSFS_IAVF}, readOnly: true}}
+    - op: add
+      path: /spec/template/spec/volumes/-
+      value: {{name: fixture-sysfs, hostPath: {{path: {SYSFS_IAVF}, type: Directory}}}}
+"""
 
 
 def image_reference(archive: Path) -> str:
@@ -131,6 +147,7 @@ class Cluster:
         base = os.path.relpath(DEPLOY, overlay)  # kustomize takes a base by relative path only
         (overlay / "kustomization.yaml").write_text(
             f"resources: [{base}]\nimages: [{{name: {PUBLISHED_IMAGE}, newName: {name}, newTag: {tag}}}]\n"
+            + FIXTURE_SYSFS_PATCH
         )
         self.ok("apply", "-k", str(overlay))
         self.image = image
@@ -272,6 +289,16 @@ class Cluster:
 
     def events(self, namespace: str) -> list[dict[str, Any]]:
         return self.node.api().get(f"/api/v1/namespaces/{namespace}/events")["items"]
+
+    def cni_server_log(self, previous: bool = False) -> str:
+        """What the node's CNI server printed (`previous`: its container before the last restart)."""
+        (pod,) = self._pods("kube-system", "app.kubernetes.io/name=deviceid-inject")
+        args = ["-n", "kube-system", "logs", pod["metadata"]["name"], "-c", "cni-server"]
+        return self.ok(*args, *(["--previous"] if previous else []))
+
+    def served_adds(self, previous: bool = False) -> int:
+        """The ADDs the node's CNI server answered with success, by its log."""
+        return len(re.findall(r"served ADD \S+: exit 0", self.cni_server_log(previous)))
 
     def plugin_log(self) -> str:
         path = self.node.host_path(PLUGIN_LOG)

@@ -13,6 +13,7 @@ import yaml
 from helpers import REPO, kustomize
 
 from deviceid_inject import cli
+from deviceid_inject.config import DEFAULT_DATA_DIR, DEFAULT_DEVICE_INFO_ROOT
 
 DEPLOY = REPO / "deploy"
 PUBLISHED = "ghcr.io/deviceid-inject/deviceid-inject:0.1.0"
@@ -63,21 +64,53 @@ def test_the_init_container_installs_with_the_binary_itself_into_the_nodes_cni_f
     assert mounts["launcher-cache"] == volumes["launcher-cache"]["path"] == default_cache.group(1)
 
 
-def test_no_container_is_privileged_adds_a_capability_or_writes_its_root():
+def test_no_container_is_privileged_or_writes_its_root_and_only_the_cni_server_keeps_sys_admin():
     spec = pod_spec(kustomize(DEPLOY))
     assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     for container in containers(spec):
         context = container["securityContext"]
-        assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                           "capabilities": {"drop": ["ALL"]}}  # fmt: skip
+        if container["name"] == "cni-server":  # setns into the client's and the Pod's netns, mount sysfs
+            assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                               "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]},
+                               "appArmorProfile": {"type": "Unconfined"}}  # fmt: skip
+        else:
+            assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                               "capabilities": {"drop": ["ALL"]}}  # fmt: skip
+
+
+def named_container(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in containers(spec) if c["name"] == name]
+    return found
+
+
+def test_the_cni_server_sees_at_their_host_paths_exactly_the_folders_it_serves():
+    spec = pod_spec(kustomize(DEPLOY))
+    server = named_container(spec, "cni-server")
+    assert server["command"][:2] == [cli.IMAGE_BINARY, "cni-server"]
+    assert f"--socket={cli.SERVER_SOCKET}" in server["command"]
+    served = {arg.split("=", 1)[1] for arg in server["command"] if arg.startswith("--serve=")}
+    volumes = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in server["volumeMounts"]}
+    assert not any(m.get("readOnly") for m in server["volumeMounts"])
+    # Each served folder is mounted at its host path (/var/run is the host's link to /run).
+    for root in served:
+        assert mounts[root] == root.replace("/var/run/", "/run/", 1), root
+    assert set(mounts) == served | {os.path.dirname(cli.SERVER_SOCKET)}
+    assert mounts[os.path.dirname(cli.SERVER_SOCKET)] == os.path.dirname(cli.SERVER_SOCKET)
+    # The defaults a config leaves in place are served.
+    for default in (DEFAULT_DATA_DIR, DEFAULT_DEVICE_INFO_ROOT):
+        assert any(default == root or default.startswith(root + "/") for root in served), default
+    assert "cpu" not in server["resources"].get("limits", {})  # a throttled server brings the wait back
+    for kind in ("livenessProbe", "readinessProbe"):
+        assert server[kind]["exec"]["command"] == [cli.IMAGE_BINARY, "probe", f"unix:{cli.SERVER_SOCKET}"]
 
 
 def test_the_bridge_runs_for_its_node_reading_the_records_read_only():
     spec = pod_spec(kustomize(DEPLOY))
     assert spec["serviceAccountName"] == "deviceid-inject-bridge"
     assert spec["automountServiceAccountToken"] is True  # the projected token names the node
-    (bridge,) = spec["containers"]
+    bridge = named_container(spec, "bridge")
     assert bridge["command"][:2] == [cli.IMAGE_BINARY, "bridge"]
     env = {e["name"]: e for e in bridge["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
 import struct
 import threading
 import time
@@ -74,8 +76,12 @@ def test_the_daemonset_installs_the_binary_atomically_and_passes_its_probes(on_n
     assert ready(pod), pod["status"]
     (init,) = pod["status"]["initContainerStatuses"]
     assert init["state"]["terminated"]["exitCode"] == 0
-    (bridge,) = pod["status"]["containerStatuses"]
-    assert (bridge["ready"], bridge["restartCount"]) == (True, 0)
+    statuses = {s["name"]: (s["ready"], s["restartCount"]) for s in pod["status"]["containerStatuses"]}
+    assert statuses == {"bridge": (True, 0), "cni-server": (True, 0)}
+    # The CNI server's socket, where the installed binary looks first, in a folder of root's alone.
+    socket_folder = on_node.node.host_path("/run/deviceid-inject")
+    assert stat.S_IMODE(socket_folder.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK((socket_folder / "cni.sock").stat().st_mode)
     installed = on_node.node.host_path("/opt/cni/bin/deviceid-inject")
     assert installed.read_bytes() == exe().read_bytes()  # the image's binary is the binary under test
     assert installed.stat().st_mode & 0o777 == 0o755
@@ -97,8 +103,19 @@ def test_the_daemonset_installs_the_binary_atomically_and_passes_its_probes(on_n
     assert unhealthy == [], [e["message"] for e in unhealthy]
 
 
+CAP_SYS_ADMIN = 21
+
+
+def container_pid(cluster: Cluster, pod: dict[str, Any], container: str) -> int:
+    """The node's PID of a container's first process."""
+    (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == container]
+    out = cluster.node.ctr("tasks", "ps", status["containerID"].rpartition("/")[2])
+    return int(out.stdout.split()[2])  # PID INFO header, then the container's processes
+
+
 def test_the_daemonset_keeps_its_least_privilege_under_the_kubelet(on_node: Cluster):
-    """What the kubelet really ran: no privilege, no host namespaces, read-only roots, no capabilities."""
+    """What the kubelet really ran: no privilege, no host namespaces, read-only roots; no capability
+    but the CNI server's CAP_SYS_ADMIN (entering namespaces, its calls' private sysfs)."""
     pod = on_node.bridge_pod()
     spec = pod["spec"]
     assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
@@ -106,19 +123,16 @@ def test_the_daemonset_keeps_its_least_privilege_under_the_kubelet(on_node: Clus
         context = container["securityContext"]
         assert context["readOnlyRootFilesystem"] is True
         assert context["allowPrivilegeEscalation"] is False
-        assert context["capabilities"] == {"drop": ["ALL"]}
+        added = ["SYS_ADMIN"] if container["name"] == "cni-server" else []
+        assert context["capabilities"] == {"drop": ["ALL"], **({"add": added} if added else {})}
         assert not context.get("privileged")
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    # The capabilities the bridge's process really has, as the kernel reports them.
-    (status,) = pod["status"]["containerStatuses"]
-    container_id = status["containerID"].rpartition("/")[2]
-    out = on_node.node.ctr("tasks", "ps", container_id)
-    pid = out.stdout.split()[2]  # PID INFO header, then the container's processes
-    caps = dict(
-        line.split(":\t") for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Cap")
-    )
-    assert int(caps["CapEff"], 16) == 0 and int(caps["CapPrm"], 16) == 0, caps
-    assert Path(f"/proc/{pid}/status").read_text().count("Seccomp:\t2") == 1  # filter mode
+    # The capabilities each process really has, as the kernel reports them.
+    for container, allowed in (("bridge", 0), ("cni-server", 1 << CAP_SYS_ADMIN)):
+        status = Path(f"/proc/{container_pid(on_node, pod, container)}/status").read_text()
+        caps = dict(line.split(":\t") for line in status.splitlines() if line.startswith("Cap"))
+        assert int(caps["CapEff"], 16) == allowed and int(caps["CapPrm"], 16) == allowed, (container, caps)
+        assert status.count("Seccomp:\t2") == 1  # filter mode
 
 
 # --- the user's journey, both routes, both Multus versions --------------------------------------------
@@ -254,28 +268,73 @@ def container_cgroup(cluster: Cluster, pod: dict[str, Any], container: str) -> P
     return usage.parent
 
 
-def test_pods_starting_together_stay_within_multus_own_memory_limit(on_node: Cluster, node_ns: str):
+def start_attach_only(cluster: Cluster, ns: str, names: list[str]) -> None:
+    """Pods on the field's NAD, each with its own VF, no init container: only their ADDs matter."""
+    for i, name in enumerate(names):
+        attach_only = cluster.workload(ns, name, attach(cluster, ns, name, VFS[i]))
+        attach_only["spec"].pop("initContainers")
+        cluster.apply(attach_only)
+
+
+def test_ten_pods_at_once_are_served_by_the_cni_server_within_multus_own_memory_limit(on_node: Cluster, node_ns: str):
     """Multus thick runs our plugin inside its daemon's container, limited to 50Mi by its own manifest.
-    Eight Pods created at once: every one attached, the daemon never OOM-killed; its peak printed."""
+    Ten Pods created at once: every one attached with its own device-info, every ADD answered by the
+    node's CNI server (its log counts them), the daemon never OOM-killed; its peak printed."""
     cluster, ns = on_node, node_ns
     (multus,) = cluster._pods("kube-system", "name=multus")
     restarts = multus["status"]["containerStatuses"][0]["restartCount"]
     folder = container_cgroup(cluster, multus, "kube-multus")
     (folder / "memory.max_usage_in_bytes").write_text("0")  # the peak from now on
-    names = [f"upf-burst-{i}" for i in range(8)]
+    served = cluster.served_adds()
+    names = [f"upf-burst-{i}" for i in range(10)]
+    start_attach_only(cluster, ns, names)
     for i, name in enumerate(names):
-        attach_only = cluster.workload(ns, name, attach(cluster, ns, name, VFS[i]))
-        attach_only["spec"].pop("initContainers")
-        cluster.apply(attach_only)
-    for name in names:
         pod = cluster.wait_ready(ns, name, timeout=180)
-        assert (entry(pod, f"{ns}/n6-{name}") or {}).get("device-info") == device_info(VFS[names.index(name)])
+        assert (entry(pod, f"{ns}/n6-{name}") or {}).get("device-info") == device_info(VFS[i])
+    assert cluster.served_adds() - served == len(names), cluster.cni_server_log()[-3000:]
     (multus,) = cluster._pods("kube-system", "name=multus")
     assert multus["status"]["containerStatuses"][0]["restartCount"] == restarts, multus["status"]
     peak = int((folder / "memory.max_usage_in_bytes").read_text())
     limit = int((folder / "memory.limit_in_bytes").read_text())
-    print(f"\nMultus's daemon container, 8 Pods starting at once: peak {peak / 2**20:.1f} of {limit / 2**20:.0f} MiB")
+    print(f"\nMultus's daemon container, 10 Pods at once: peak {peak / 2**20:.1f} of {limit / 2**20:.0f} MiB")
     assert peak < limit
+
+
+def test_the_cni_server_killed_during_a_burst_costs_no_add_and_serves_again(on_node: Cluster, node_ns: str):
+    """SIGKILL to the server (and so to every call it has in flight) while ten Pods start: each ADD is
+    made whole by its client, every device-info is right; the kubelet restarts the server, which then
+    serves; deleting the Pods leaves no file or record."""
+    cluster, ns = on_node, node_ns
+    pod = cluster.bridge_pod()
+    (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == "cni-server"]
+    restarts = status["restartCount"]
+    served = cluster.served_adds()
+    names = [f"upf-kill-{i}" for i in range(10)]
+    start_attach_only(cluster, ns, names)
+    cluster.node.wait(lambda: cluster.served_adds() > served, 120, "the server's first ADD of the burst")
+    os.kill(container_pid(cluster, pod, "cni-server"), signal.SIGKILL)
+    uids = []
+    for i, name in enumerate(names):
+        ready_pod = cluster.wait_ready(ns, name, timeout=240)
+        assert (entry(ready_pod, f"{ns}/n6-{name}") or {}).get("device-info") == device_info(VFS[i])
+        uids.append(ready_pod["metadata"]["uid"])
+    failed = [e for e in cluster.events(ns) if e["reason"] == "FailedCreatePodSandBox"]
+    assert failed == [], [e["message"] for e in failed]
+
+    def restarted() -> bool:
+        (now,) = [s for s in cluster.bridge_pod()["status"]["containerStatuses"] if s["name"] == "cni-server"]
+        return now["restartCount"] > restarts and now["ready"]
+
+    cluster.node.wait(restarted, 180, "the CNI server restarted and ready")
+    start_attach_only(cluster, ns, ["upf-kill-after"])
+    cluster.wait_ready(ns, "upf-kill-after", timeout=180)
+    assert cluster.served_adds() == 1, cluster.cni_server_log()
+    records = [r for uid in uids for r in records_of(cluster, uid)]
+    assert len(records) == len(names)
+    files = [cluster.node.host_path(r["device_info_file"]) for r in records]
+    cluster.ok("-n", ns, "delete", "pod", "--all", "--wait=true", "--timeout=180s", timeout=200)
+    assert [r for uid in uids for r in records_of(cluster, uid)] == []
+    assert [f for f in files if f.exists()] == []
 
 
 # --- a rollout while Pods are being created --------------------------------------------------------------

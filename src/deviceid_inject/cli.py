@@ -123,11 +123,12 @@ def parser() -> argparse.ArgumentParser:
 
     probe = commands.add_parser(
         "probe",
-        help="GET a URL and exit 0 on HTTP 200: the bridge's probes, from inside its container",
+        help="GET a URL and exit 0 on HTTP 200, or ask the CNI server at unix:PATH whether it answers: the "
+        "DaemonSet's probes, from inside its containers",
         description="The DaemonSet's liveness and readiness probes: the bridge listens on loopback only, which "
         "the kubelet's httpGet cannot reach, and the image has no shell or wget.",
     )
-    probe.add_argument("url", help="e.g. http://127.0.0.1:9909/healthz")
+    probe.add_argument("url", help="e.g. http://127.0.0.1:9909/healthz, or unix:/run/deviceid-inject/cni.sock")
     probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
 
     wait = commands.add_parser(
@@ -190,6 +191,8 @@ def cni_server(args: argparse.Namespace, err: TextIO) -> int:
 
 
 def probe(url: str, timeout: float, out: TextIO, err: TextIO) -> int:
+    if url.startswith("unix:"):
+        return probe_cni_server(url[len("unix:") :], timeout, out, err)
     import urllib.error
     import urllib.request
 
@@ -201,6 +204,29 @@ def probe(url: str, timeout: float, out: TextIO, err: TextIO) -> int:
         return _say(err, f"{url}: {answer.code} {answer.read(4096).decode(errors='replace').strip()}", EXIT_NO)
     except (OSError, ValueError) as exc:
         return _say(err, f"{url}: {exc}", EXIT_USAGE if isinstance(exc, ValueError) else EXIT_NO)
+
+
+def probe_cni_server(path: str, timeout: float, out: TextIO, err: TextIO) -> int:
+    """The CNI server's probe: a health request, which its accept loop answers itself."""
+    import socket
+
+    from . import wire
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(wire.encode_request(wire.Request(wire.HEALTH_BUILD_ID, {}, b"")))
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+    except OSError as exc:
+        return _say(err, f"{path}: {exc}", EXIT_NO)
+    reply = wire.decode_reply(data)
+    if not isinstance(reply, str) or not reply.startswith(wire.ALIVE):
+        return _say(err, f"{path}: no health answer ({data[:200]!r})", EXIT_NO)
+    out.write(reply + "\n")
+    return EXIT_OK
 
 
 def install(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -242,7 +242,12 @@ class Server:
             self._drop(conn, reason)
         elif conn.request is not None:
             self._unwatch(conn)
-            if conn.request.build_id != self.build_id:
+            if conn.request.build_id == wire.HEALTH_BUILD_ID:  # a probe: the loop itself answers
+                in_flight = len(self.calls) + len(self.waiting)
+                self._drop(
+                    conn, f"{wire.ALIVE} build {self.build_id}, {self.served} calls served, {in_flight} in flight"
+                )
+            elif conn.request.build_id != self.build_id:
                 reason = f"this server is build {self.build_id}, the client {conn.request.build_id}"
                 self.log.info(f"handed {_label(conn.request.environ)} back to its client: {reason}")
                 self._drop(conn, reason)

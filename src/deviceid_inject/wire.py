@@ -14,7 +14,9 @@ Answer, server to client:
   client runs the plugin itself. A connection that ends before a whole answer means the same.
 
 The build id is the launcher's (the binary's payload digest): a server of another build refuses,
-so a rollout never mixes a client and a server that disagree on this format or on the plugin.
+so a rollout never mixes a client and a server that disagree on this format or on the plugin. An
+empty build id is a health probe (`deviceid-inject probe unix:PATH`): the server's loop refuses it
+itself with a reason that starts with ALIVE, proving it accepts, reads and answers.
 Pure functions only: the socket work is the server's.
 """
 
@@ -28,6 +30,8 @@ MAGIC = b"DIDINJ-CNI/1\n"
 # stdin is bounded by the plugin at 4 MiB (protocol.MAX_STDIN_BYTES); the environment is small.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024 + 256 * 1024
 MAX_ENV_ENTRIES = 256
+HEALTH_BUILD_ID = ""
+ALIVE = "alive:"
 _U32 = struct.Struct("<I")
 
 
