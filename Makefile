@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-python test-binary test-kubernetes-versions lint build image bench bench-quick clean
+.PHONY: setup demo test test-python test-binary test-via-server test-kubernetes-versions lint build image bench bench-quick clean
 
 setup: $(STAMP)
 	@bash scripts/install-tools.sh
@@ -53,9 +53,19 @@ image: $(STAMP) build
 	$(PY) packaging/image.py deviceid-inject
 
 # The whole suite again, against the binary instead of `python -m deviceid_inject`; the tests on
-# the real node (tests/test_node.py) run only here, against the image built from it.
+# the real node (tests/test_node.py) run only here, against the image built from it. Then the
+# CNI-facing tests once more with every call going through the node's CNI server (started from the
+# same binary; a call that fell back instead would fail them: tests/conftest.py, via_server).
+VIA_SERVER_TESTS := tests/test_cni.py tests/test_netns.py tests/test_bad_input.py tests/test_cnitool.py \
+	tests/test_faults.py tests/test_load.py tests/test_multus.py
 test-binary: setup build image
 	DEVICEID_INJECT_EXE=$(CURDIR)/dist/deviceid-inject $(PY) -m pytest
+	DEVICEID_INJECT_EXE=$(CURDIR)/dist/deviceid-inject DEVICEID_INJECT_VIA_SERVER=1 $(PY) -m pytest $(VIA_SERVER_TESTS)
+
+# The same through a server from the sources: packaging/launcher.c built here around
+# `python -m deviceid_inject` (not part of `make test`; the binary's run above is what ships).
+test-via-server: setup
+	DEVICEID_INJECT_VIA_SERVER=1 $(PY) -m pytest $(VIA_SERVER_TESTS)
 
 # ADD/CHECK/DEL medians against Go tuning and the Nuitka floor (benchmarks/bench.py), then the
 # network-status bridge on the test bed (benchmarks/bridge_bench.py: device-info latency after

@@ -3,7 +3,9 @@
     sudo .venv/bin/python benchmarks/bench.py [--quick] [--rounds N] [--out FILE]
 
 Variants, measured in the same run, in a shuffled order each round:
-  binary   dist/deviceid-inject (the shipped one-file binary; its cache warmed first)
+  served   dist/deviceid-inject with the node's CNI server running (`deviceid-inject cni-server`,
+           started from the same binary): the exec'd process is the launcher as a thin client
+  binary   dist/deviceid-inject with no server: the launcher runs the embedded program (the fallback)
   python   .venv/bin/python -m deviceid_inject
   tuning   containernetworking's Go tuning plugin, chained on a veth in a scratch netns
   floor    a Nuitka hello world in the shipped layout (launcher + standalone folder) that
@@ -12,8 +14,10 @@ deviceid-inject runs the real path (no fixture): the host's PCI-backed NIC seen 
 CNI_NETNS, with a config seen before (its validation cached). Then ADD through a fixture
 host with 8, 128 and 1024 VFs shows the cost against the number of VFs.
 
-Each process runs under /usr/bin/time (peak RSS, %M), with perf_counter around it for
-the wall time.
+Each process runs under /usr/bin/time (peak RSS %M, CPU %U + %S: what the runtime, or Multus's
+daemon container, is charged), with perf_counter around it for the wall time. The server's own CPU
+per call (its children's included) is read from its /proc/PID/stat over the measured rounds: the
+cost the server moves off the caller, not a cost it removes.
 Medians are printed as a Markdown table; no number is asserted anywhere.
 """
 
@@ -42,14 +46,20 @@ import sysfs_builder  # noqa: E402
 class Samples:
     wall_ms: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
 
-    def add(self, wall: float, rss: int) -> None:
+    def add(self, wall: float, rss: int, cpu: float) -> None:
         self.wall_ms.append(wall * 1000)
         self.rss_kib.append(rss)
+        self.cpu_ms.append(cpu * 1000)
 
     @property
     def wall(self) -> float:
         return statistics.median(self.wall_ms)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpu_ms)
 
     @property
     def rss_mib(self) -> float:
@@ -59,8 +69,9 @@ class Samples:
 TIME = "/usr/bin/time"
 
 
-def measure(argv: list[str], env: dict[str, str], stdin: bytes) -> tuple[float, int, bytes]:
-    """Run once under /usr/bin/time; (wall seconds, peak RSS KiB, stdout). Fails loudly on a non-zero exit.
+def measure(argv: list[str], env: dict[str, str], stdin: bytes) -> tuple[float, int, float, bytes]:
+    """Run once under /usr/bin/time; (wall seconds, peak RSS KiB, CPU seconds, stdout). Fails loudly
+    on a non-zero exit.
 
     The RSS comes from /usr/bin/time, not from this process's wait4: a child forked from this
     Python process is charged this process's resident pages until it execs, which would put a
@@ -69,15 +80,19 @@ def measure(argv: list[str], env: dict[str, str], stdin: bytes) -> tuple[float, 
     with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as rss:
         start = time.perf_counter()
         proc = subprocess.run(
-            [TIME, "-f", "%M", "-o", rss.name, *argv], input=stdin, stdout=out, stderr=subprocess.DEVNULL, env=env
+            [TIME, "-f", "%M %U %S", "-o", rss.name, *argv],
+            input=stdin,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            env=env,
         )
         wall = time.perf_counter() - start
         out.seek(0)
         stdout = out.read()
-        peak = int(rss.read().split()[-1])
+        peak, user, system = rss.read().split()[-3:]
     if proc.returncode != 0:
         raise SystemExit(f"bench: {argv[0]} exited {proc.returncode}: {stdout.decode(errors='replace')}")
-    return wall, peak, stdout
+    return wall, int(peak), float(user) + float(system), stdout
 
 
 def ip(*args: str) -> None:
@@ -111,8 +126,8 @@ class Bench:
         self.nic = host_pci_netdev()
 
     def record(self, variant: str, command: str, argv, env, stdin: bytes) -> bytes:
-        wall, rss, out = measure(argv, env, stdin)
-        self.results.setdefault((variant, command), Samples()).add(wall, rss)
+        wall, rss, cpu, out = measure(argv, env, stdin)
+        self.results.setdefault((variant, command), Samples()).add(wall, rss, cpu)
         return out
 
     def ours(self, variant: str, argv: list[str], extra_env: dict[str, str]) -> None:
@@ -175,33 +190,55 @@ class Bench:
             for i in range(rounds + 1):  # the first run validates the config: not measured
                 container = f"bench-{uuid.uuid4().hex[:12]}"
                 stdin = json.dumps(config).encode()
-                wall, rss, _ = measure(argv, cni_env("ADD", container, "/proc/self/ns/net", "net1", extra_env), stdin)
+                wall, rss, cpu, _ = measure(
+                    argv, cni_env("ADD", container, "/proc/self/ns/net", "net1", extra_env), stdin
+                )
                 if i > 0:
-                    samples.add(wall, rss)
+                    samples.add(wall, rss, cpu)
                 measure(argv, cni_env("DEL", container, "", "net1", extra_env), stdin)
             curve[count] = samples
         return curve
 
 
-def table(bench: Bench, curve: dict[int, Samples]) -> str:
+def server_cpu_seconds(pid: int) -> float:
+    """A process's CPU so far, its reaped children's included (/proc/PID/stat utime..cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(binary: str, scratch: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """`binary cni-server` on a scratch socket; returns once it answers its health probe."""
+    sock = str(scratch / "server" / "cni.sock")
+    argv = [binary, "cni-server", "--socket", sock, "--log-level", "warning"]
+    server = subprocess.Popen(argv, env={"PATH": "/usr/bin:/bin", **env}, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while subprocess.run([binary, "probe", f"unix:{sock}"], capture_output=True, env=env).returncode != 0:
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("bench: the CNI server did not start")
+        time.sleep(0.2)
+    return server, sock
+
+
+def table(bench: Bench, curve: dict[int, Samples], server_cpu_ms: float | None = None) -> str:
     def cell(variant: str, command: str) -> str:
         s = bench.results.get((variant, command))
-        return f"{s.wall:.1f} ms / {s.rss_mib:.1f} MiB" if s else "-"
+        return f"{s.wall:.1f} ms / {s.cpu:.1f} ms / {s.rss_mib:.1f} MiB" if s else "-"
 
     def ratio(variant: str, other: str) -> str:
         a, b = bench.results.get((variant, "ADD")), bench.results.get((other, "ADD"))
-        return f"{a.wall / b.wall:.2f}x" if a and b else "-"
+        return f"{a.wall / b.wall:.2f}x / {a.cpu / b.cpu:.2f}x" if a and b and b.cpu else "-"
 
     rounds = len(next(iter(bench.results.values())).wall_ms)
     lines = [
-        f"Medians of {rounds} interleaved rounds, wall time / peak RSS; "
-        f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.",
+        f"Medians of {rounds} interleaved rounds, wall time / CPU time / peak RSS of the process the "
+        f"runtime executes; {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.",
         "",
-        "| variant | ADD | CHECK | DEL | ADD vs tuning | ADD vs floor |",
+        "| variant | ADD | CHECK | DEL | ADD vs tuning (wall / CPU) | ADD vs floor (wall / CPU) |",
         "|---|---|---|---|---|---|",
     ]
     names = {
-        "binary": "dist/deviceid-inject",
+        "served": "dist/deviceid-inject, CNI server running",
+        "binary": "dist/deviceid-inject, no server (fallback)",
         "python": "python -m deviceid_inject",
         "tuning": "Go tuning (reference plugins)",
         "floor": "Nuitka hello world, same layout",
@@ -212,6 +249,8 @@ def table(bench: Bench, curve: dict[int, Samples]) -> str:
                 f"| {label} | {cell(variant, 'ADD')} | {cell(variant, 'CHECK')} | {cell(variant, 'DEL')} "
                 f"| {ratio(variant, 'tuning')} | {ratio(variant, 'floor')} |"
             )
+    if server_cpu_ms is not None:
+        lines += ["", f"The CNI server's own CPU per call it served (children included): {server_cpu_ms:.1f} ms."]
     if curve:
         lines += ["", "ADD against the number of VFs on the host (fixture sysfs, the pod's VF is the last):", ""]
         lines += ["| VFs on the PF | ADD | peak RSS |", "|---|---|---|"]
@@ -234,7 +273,9 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="deviceid-inject-bench."))
     cache = scratch / "cache"
     cache.mkdir(mode=0o755)
-    launcher_env = {"DEVICEID_INJECT_CACHE": str(cache)}
+    # The fallback never meets a server this host may run; the served variant gets one of its own.
+    launcher_env = {"DEVICEID_INJECT_CACHE": str(cache), "DEVICEID_INJECT_SOCKET": str(scratch / "no-server.sock")}
+    server = None
     netns_name = f"dit-bench-{os.getpid()}"
     host_end = f"dib{os.getpid() % 100000}"
     bench = Bench(scratch, args.quick)
@@ -247,6 +288,9 @@ def main() -> None:
         variants = []
         if os.access(args.binary, os.X_OK):
             variants.append(lambda: bench.ours("binary", [args.binary], launcher_env))
+            server, sock = start_server(args.binary, scratch, launcher_env)
+            served_env = {**launcher_env, "DEVICEID_INJECT_SOCKET": sock}
+            variants.append(lambda: bench.ours("served", [args.binary], served_env))
         else:
             print(f"bench: {args.binary} not built: run make build (binary left out)", file=sys.stderr)
         variants.append(lambda: bench.ours("python", [args.python, "-m", "deviceid_inject"], {}))
@@ -260,19 +304,27 @@ def main() -> None:
         for variant in variants:  # warm-up: caches unpacked, configs validated, page cache filled
             variant()
         bench.results.clear()
+        server_before = server_cpu_seconds(server.pid) if server else 0.0
         for _ in range(rounds):
             random.shuffle(variants)
             for variant in variants:
                 variant()
+        server_cpu_ms = None
+        if server:
+            calls = sum(len(s.wall_ms) for (v, _), s in bench.results.items() if v == "served")
+            server_cpu_ms = (server_cpu_seconds(server.pid) - server_before) * 1000 / calls
 
         target = [args.binary] if os.access(args.binary, os.X_OK) else [args.python, "-m", "deviceid_inject"]
         env = launcher_env if target == [args.binary] else {}
         curve = bench.vf_scaling(target, env, [8, 128, 1024], max(3, rounds // 4))
-        text = table(bench, curve)
+        text = table(bench, curve, server_cpu_ms)
         print(text)
         if args.out:
             Path(args.out).write_text(text)
     finally:
+        if server:
+            server.terminate()
+            server.wait(timeout=60)
         subprocess.run(["ip", "netns", "del", netns_name], capture_output=True)
         subprocess.run(["ip", "link", "del", host_end], capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)
