@@ -188,7 +188,7 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:.0f} / {quantile(values, 0.99) * 1000:.0f} ms"
 
 
-def report(variants: tuple[Variant, ...], pods: int, multus: str, kube: str) -> str:
+def report(variants: tuple[Variant, ...], pods: int, multus: str, kube: str, served: int) -> str:
     base = spans(variants[0], variants[0].ready)
     base_median, base_p99 = statistics.median(base), quantile(base, 0.99)
     lines = [
@@ -214,6 +214,9 @@ def report(variants: tuple[Variant, ...], pods: int, multus: str, kube: str) -> 
         "Visible: the first watch event that shows it. Multus's write → visible is the window in which "
         "network-status has no device-info (0: Multus's own write had it). RunPodSandbox returned: from "
         "containerd's log; it returns after Multus's ADD has returned; negative: device-info visible before.",
+        "",
+        f"ADDs of deviceid-inject answered by the node's CNI server (its log): {served} of "
+        f"{sum(len(v.created) for v in variants if v.with_plugin)}; the rest ran in their client.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -258,6 +261,7 @@ def main() -> int:
                     print(f"node_bench: round {index + 1}/{waves} done", file=sys.stderr, flush=True)
             finally:
                 watch.stop()
+            served = cluster.served_adds()
         finally:
             node.stop()
         left = node.leftovers()
@@ -265,7 +269,7 @@ def main() -> int:
             print(f"node_bench: the node left {left}", file=sys.stderr)
             return 1
     limits = f"its daemon's CPU limit set to {args.multus_cpu}" if args.multus_cpu else "its own manifest's limits"
-    table = report(VARIANTS, waves * WAVE, f"{tools.THICK_MULTUS} thick ({limits})", tools.KUBERNETES_VERSION)
+    table = report(VARIANTS, waves * WAVE, f"{tools.THICK_MULTUS} thick ({limits})", tools.KUBERNETES_VERSION, served)
     print(table)
     if args.out:
         args.out.write_text(table)
