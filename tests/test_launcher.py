@@ -10,16 +10,20 @@ import concurrent.futures
 import json
 import os
 import shutil
+import socket
 import stat
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from helpers import REPO
+
+from deviceid_inject import wire
 
 BUILD_ID = "0123456789abcdef0123"
 PROGRAM = """#!/bin/sh
@@ -287,3 +291,119 @@ def test_names_with_two_dots_unpack_and_a_dotdot_component_is_refused(launcher, 
     assert proc.returncode == 1
     assert "damaged payload" in json.loads(proc.stdout)["msg"]
     assert not (cache / "escape").exists()
+
+
+# --- the launcher as the CNI server's client, against a stand-in server on a unix socket ---------
+
+
+class StandInServer:
+    """Accepts one connection at a time on a unix socket and answers it with what `reply` returns
+    for the request's bytes and descriptors; records what it got. The real server is in
+    test_cniserver.py: this one stands at the narrowest seam, the socket."""
+
+    def __init__(self, path: Path, reply) -> None:
+        self.path = path
+        self.reply = reply
+        self.requests: list[tuple[wire.Request, list[tuple[int, int]]]] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data, fds = b"", []
+                while (request := wire.decode_request(data)) is None:
+                    chunk, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(8))
+                    if not chunk:
+                        break
+                    data += chunk
+                    for _, _, raw in ancillary:
+                        fds += struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) // 4 * 4])
+                identities = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in fds]
+                for fd in fds:
+                    os.close(fd)
+                if request is not None:
+                    self.requests.append((request, identities))
+                    conn.sendall(self.reply(request))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def stand_in_server(tmp_path):
+    made: list[StandInServer] = []
+
+    def make(reply) -> StandInServer:
+        server = StandInServer(tmp_path / f"server{len(made)}.sock", reply)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def netns_identity(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def test_a_servers_answer_is_relayed_byte_for_byte_and_the_program_never_runs(binary, cache, stand_in_server, tmp_path):
+    answer = wire.Answer(1, b'{"code": 7, "msg": "\\u00e9"}\n', b"the plugin's log line\n")
+    server = stand_in_server(lambda request: wire.encode_answer(answer))
+    trace = tmp_path / "trace"
+    proc = subprocess.run(
+        [binary],
+        input=b'{"cniVersion": "1.1.0"}',
+        env={"PATH": "/usr/bin:/bin", "DEVICEID_INJECT_CACHE": str(cache), "DEVICEID_INJECT_SOCKET": str(server.path),
+             "CNI_COMMAND": "ADD", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "net1", "TRACE": str(trace)},
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, answer.stdout, answer.stderr)
+    assert not trace.exists() and not cache.exists()  # nothing unpacked, nothing run
+    ((request, namespaces),) = server.requests
+    assert request.build_id == BUILD_ID and request.stdin == b'{"cniVersion": "1.1.0"}'
+    assert request.environ == {"CNI_COMMAND": "ADD", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "net1"}
+    # Its own netns, then the Pod's (here both the test's own).
+    assert namespaces == [netns_identity("/proc/self/ns/net")] * 2
+
+
+@pytest.mark.parametrize("how", ["refused", "cut", "garbage"])
+def test_a_refusal_or_a_broken_answer_runs_the_program_with_the_same_stdin(binary, cache, stand_in_server, how):
+    whole = wire.encode_answer(wire.Answer(0, b"from the server", b""))
+    replies = {"refused": wire.encode_refusal("another build"), "cut": whole[:-3], "garbage": b"HTTP/1.1 500\r\n"}
+    server = stand_in_server(lambda request: replies[how])
+    stdin = "x" * (5 << 20)  # over the 4 MiB the server is sent: the program still gets all of it
+    proc = run(binary, cache, stdin=stdin, CNI_COMMAND="DEL", CNI_NETNS="", DEVICEID_INJECT_SOCKET=str(server.path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["args:", f"stdin:{stdin}", "data:schema-ok"]
+    ((request, namespaces),) = server.requests
+    assert len(request.stdin) == (4 << 20) + 1 and len(namespaces) == 1  # no Pod netns named
+    assert ("handed the call back (another build)" in proc.stderr) == (how == "refused")
+
+
+@pytest.mark.parametrize("command", ["VERSION", "FROB", None])
+def test_version_unknown_commands_and_the_command_line_never_ask_the_server(binary, cache, stand_in_server, command):
+    server = stand_in_server(lambda request: wire.encode_answer(wire.Answer(0, b"server", b"")))
+    env = {"DEVICEID_INJECT_SOCKET": str(server.path), **({"CNI_COMMAND": command} if command else {})}
+    proc = run(binary, cache, **env)
+    assert proc.stdout.splitlines()[1] == "stdin:in"
+    assert server.requests == []
+
+
+def test_an_add_whose_netns_cannot_be_opened_runs_in_the_client(binary, cache, stand_in_server):
+    server = stand_in_server(lambda request: wire.encode_answer(wire.Answer(0, b"server", b"")))
+    proc = run(
+        binary, cache, CNI_COMMAND="ADD", CNI_NETNS="/nonexistent/netns", DEVICEID_INJECT_SOCKET=str(server.path)
+    )
+    assert proc.stdout.splitlines()[1] == "stdin:in"
+    assert server.requests == []
