@@ -79,6 +79,8 @@ def main() -> int:
         finally:
             watch.stop()
         cluster.wait_ready(ns, "upf-0")
+        step("kubectl -n kube-system logs <deviceid-inject pod> -c cni-server   (the ADD Multus ran, served here)")
+        print("\n".join(line for line in cluster.cni_server_log().splitlines() if "served " in line))
         step("kubectl logs upf-0 -c wait-device-info   (what the workload read from the downward API)")
         print(cluster.logs(ns, "upf-0", "wait-device-info"), end="")
 
