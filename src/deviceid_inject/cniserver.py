@@ -26,6 +26,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import gc
 import io
 import os
 import selectors
@@ -510,6 +511,11 @@ def preload() -> None:
     import jsonschema  # noqa: F401 - config, for a config not validated before
     import pyroute2.netlink.exceptions  # noqa: F401 - vftable
     import pyudev  # noqa: F401 - udev, at log level info
+
+    # What is imported now is shared by every child: keep the collector from touching (and so
+    # copying) those pages in each of them.
+    gc.collect()
+    gc.freeze()
 
 
 def run(socket_path: str, roots: Roots, limits: Limits, log: Log) -> int:
