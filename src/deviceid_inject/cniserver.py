@@ -166,7 +166,7 @@ class Server:
 
     def _timeout(self, now: float) -> float:
         deadlines = [c.read_deadline for c in self.reading.values()]
-        deadlines += [c.deadline for c in self.waiting] + [c.deadline for c in self.calls.values()]
+        deadlines += [c.deadline for c in self.waiting] + [c.deadline for c in self.calls.values() if not c.killed]
         return max(0.0, min([now + 1.0, *deadlines]) - now)
 
     def _woken(self, sock: socket.socket) -> None:
