@@ -22,8 +22,8 @@
  *
  * Before any of that, a CNI call (ADD, DEL, CHECK, GC, STATUS) is offered to the node's CNI server
  * (`deviceid-inject cni-server`, at /run/deviceid-inject/cni.sock or $DEVICEID_INJECT_SOCKET): the
- * CNI_* environment and stdin, with our own network namespace and the Pod's as descriptors
- * (src/deviceid_inject/wire.py has the format). Its answer is relayed as is. When no server listens,
+ * CNI_* environment and stdin, with our own network namespace, our root folder and the Pod's
+ * network namespace as descriptors (src/deviceid_inject/wire.py has the format). Its answer is relayed as is. When no server listens,
  * it refuses (another build, a path it cannot see), or the connection ends before a whole answer,
  * the call runs here exactly as without a server, with the same stdin.
  */
@@ -458,7 +458,7 @@ static int build_request(struct buffer *req, const char *build_id, const struct 
 static int send_request(int sock, const struct buffer *req, const int *fds, int nfds, const struct timespec *deadline)
 {
     union {
-        char space[CMSG_SPACE(2 * sizeof(int))];
+        char space[CMSG_SPACE(3 * sizeof(int))];
         struct cmsghdr align;
     } control;
     struct iovec iov = {req->data, req->len};
@@ -535,16 +535,20 @@ static int exchange(const char *path, const char *build_id, const char *command,
 {
     struct buffer request = {NULL, 0, 0}, reply = {NULL, 0, 0};
     struct timespec deadline;
-    int fds[2], nfds = 0, sock = -1, code = -1;
+    int fds[3], nfds = 0, sock = -1, code = -1;
     const char *netns = getenv("CNI_NETNS");
     /* Our own netns: where the server's child looks up PFs and their VF tables, as we would. */
     if ((fds[0] = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)) < 0)
         return -1;
     nfds = 1;
+    /* Our root: the server serves a call only if every path it names is the same file there. */
+    if ((fds[1] = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+        goto out;
+    nfds = 2;
     if (netns != NULL && netns[0] != '\0') {
         /* The Pod's, opened here: the server needs no view of our mounts to find it. */
-        if ((fds[1] = open(netns, O_RDONLY | O_CLOEXEC)) >= 0)
-            nfds = 2;
+        if ((fds[2] = open(netns, O_RDONLY | O_CLOEXEC)) >= 0)
+            nfds = 3;
         else if (strcmp(command, "ADD") == 0 || strcmp(command, "CHECK") == 0)
             goto out; /* the plugin, run here, says why in its own words */
     }

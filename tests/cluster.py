@@ -38,9 +38,6 @@ FIXTURE_SYSFS_PATCH = f"""patches:
 - target: {{kind: DaemonSet, name: deviceid-inject}}
   patch: |-
     - op: add
-      path: /spec/template/spec/containers/1/command/-
-      value: --serve={SYSFS_IAVF}
-    - op: add
       path: /spec/template/spec/containers/1/volumeMounts/-
       value: {{name: fixture-sysfs, mountPath: {SYSFS_IAVF}, readOnly: true}}
     - op: add

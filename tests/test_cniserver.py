@@ -242,20 +242,34 @@ def test_a_server_of_another_build_hands_the_call_back(start, binary, cache, mak
     assert server.served() == 0 and served_lines(server, "the client 0dd")
 
 
-def test_a_path_the_server_does_not_see_is_handed_back_having_done_nothing(start, binary, make_config, roots, tmp_path):
-    server = start("--serve", str(tmp_path / "elsewhere"))
+def test_a_path_the_server_sees_otherwise_is_handed_back_having_done_nothing(
+    start, binary, make_config, roots, tmp_path
+):
+    """The client runs with a tmpfs over the device-info root: the same path is another folder for it
+    (as for a runtime with a /run of its own). The server must not write its own view of it."""
+    server = start()
+    roots["devinfo"].mkdir()
+    script = 'mount -t tmpfs view "$1" && exec "$2"'
+    in_a_view_of_its_own = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    in_a_view_of_its_own += [str(roots["devinfo"]), str(binary)]
+
+    def add(cache: Path) -> harness.Outcome:
+        env = cni_env("ADD", DEVICEID_INJECT_SOCKET=str(server.socket), DEVICEID_INJECT_CACHE=str(cache))
+        return harness.run(in_a_view_of_its_own, env, timeout=90, stdin=json.dumps(make_config()).encode())
+
     refused = tmp_path / "refused-cache"
-    refused.mkdir(mode=0o777)
+    refused.mkdir()
     refused.chmod(0o777)
-    run = call(binary, server, "ADD", make_config(), refused)
-    # The launcher then runs the call itself, and refuses this cache: nothing wrote anything.
-    assert run.json["code"] == 5 and "refusing the cache folder" in run.json["msg"]
-    assert "handed the call back (dataDir" in run.stderr
-    assert not roots["devinfo"].exists() and not roots["state"].exists()
-    assert served_lines(server, "handed ADD ctr-1/net1 back to its client: dataDir")
-    # The same call, with a cache it accepts: made whole by the client.
-    run = call(binary, server, "ADD", make_config(), served.cache_folder(tmp_path / "cache"))
+    run = add(refused)
+    # The launcher then runs the call itself, and refuses this cache: so nothing at all was written.
+    assert run.json["code"] == 5 and "refusing the cache folder" in run.json["msg"], run.stdout + run.stderr
+    assert "handed the call back (deviceInfoRoot" in run.stderr
+    assert os.listdir(roots["devinfo"]) == [] and not roots["state"].exists()
+    assert served_lines(server, "handed ADD ctr-1/net1 back to its client: deviceInfoRoot")
+    # With a cache it accepts, the client makes the call whole in its own view.
+    run = add(served.cache_folder(tmp_path / "cache"))
     assert run.code == 0 and run.json["interfaces"][0]["pciID"] == NET1_PCI
+    assert os.listdir(roots["devinfo"]) == [] and server.served() == 0
 
 
 # --- deadlines, killed clients and servers, SIGTERM ------------------------------------------------

@@ -320,7 +320,7 @@ class StandInServer:
             with conn:
                 data, fds = b"", []
                 while (request := wire.decode_request(data)) is None:
-                    chunk, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(8))
+                    chunk, ancillary, _, _ = conn.recvmsg(1 << 16, socket.CMSG_SPACE(3 * 4))
                     if not chunk:
                         break
                     data += chunk
@@ -373,8 +373,9 @@ def test_a_servers_answer_is_relayed_byte_for_byte_and_the_program_never_runs(bi
     ((request, namespaces),) = server.requests
     assert request.build_id == BUILD_ID and request.stdin == b'{"cniVersion": "1.1.0"}'
     assert request.environ == {"CNI_COMMAND": "ADD", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "net1"}
-    # Its own netns, then the Pod's (here both the test's own).
-    assert namespaces == [netns_identity("/proc/self/ns/net")] * 2
+    # Its own netns, its root, then the Pod's netns (here the test's own).
+    own = netns_identity("/proc/self/ns/net")
+    assert namespaces == [own, netns_identity("/"), own]
 
 
 @pytest.mark.parametrize("how", ["refused", "cut", "garbage"])
@@ -387,7 +388,7 @@ def test_a_refusal_or_a_broken_answer_runs_the_program_with_the_same_stdin(binar
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["args:", f"stdin:{stdin}", "data:schema-ok"]
     ((request, namespaces),) = server.requests
-    assert len(request.stdin) == (4 << 20) + 1 and len(namespaces) == 1  # no Pod netns named
+    assert len(request.stdin) == (4 << 20) + 1 and len(namespaces) == 2  # no Pod netns named
     assert ("handed the call back (another build)" in proc.stderr) == (how == "refused")
 
 

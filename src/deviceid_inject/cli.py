@@ -4,7 +4,7 @@
     deviceid-inject discover --netns PATH --ifname NAME [--mac MAC] [--sysfs-root DIR] ...
     deviceid-inject check-config FILE
     deviceid-inject bridge --node NODE [--kubeconfig FILE] [--data-dir DIR] [--listen HOST:PORT]
-    deviceid-inject cni-server [--socket PATH] [--serve DIR ...] [--max-calls N] [--log-level L]
+    deviceid-inject cni-server [--socket PATH] [--max-calls N] [--log-level L]
     deviceid-inject wait-device-info --annotations FILE --interface NAME [--network NS/NAD] [--timeout S]
     deviceid-inject install [--from FILE] FOLDER
     deviceid-inject probe [--timeout S] URL
@@ -91,17 +91,10 @@ def parser() -> argparse.ArgumentParser:
         "cni-server",
         help="serve the node's CNI calls from one resident process (the launcher asks it first)",
         description="Listens on a unix socket for the CNI calls the exec'd binary hands over, and runs "
-        "each in a child of its own. Clients it cannot serve (nothing listening, another build, a path "
-        "outside --serve) run the plugin themselves. Runs until SIGTERM.",
+        "each in a child of its own. Calls it cannot serve (another build, a path it does not see as the "
+        "client does) run in their client, as do all calls while it is not running. Runs until SIGTERM.",
     )
     server.add_argument("--socket", default=SERVER_SOCKET, help="default: %(default)s")
-    server.add_argument(
-        "--serve",
-        action="append",
-        metavar="DIR",
-        help="a host folder this process sees at its host path (repeatable); calls naming a path outside "
-        "every one are handed back to the client. Default: / (the server runs in the host's mounts)",
-    )
     server.add_argument("--max-calls", type=int, default=16, help="calls run at once (default: %(default)s)")
     server.add_argument("--call-seconds", type=float, default=30.0, help="one call's deadline (default: %(default)s)")
     server.add_argument(
@@ -183,11 +176,8 @@ def cni_server(args: argparse.Namespace, err: TextIO) -> int:
 
     if args.max_calls < 1 or args.call_seconds <= 0 or args.read_seconds <= 0:
         return _say(err, "--max-calls, --call-seconds and --read-seconds must be positive", EXIT_USAGE)
-    roots = cniserver.Roots(tuple(args.serve or ["/"]))
-    if any(not root.startswith("/") for root in roots.paths):
-        return _say(err, "--serve takes absolute folders", EXIT_USAGE)
     limits = cniserver.Limits(max_calls=args.max_calls, call_seconds=args.call_seconds, read_seconds=args.read_seconds)
-    return cniserver.run(args.socket, roots, limits, Log(args.log_level, stream=err))
+    return cniserver.run(args.socket, limits, Log(args.log_level, stream=err))
 
 
 def probe(url: str, timeout: float, out: TextIO, err: TextIO) -> int:

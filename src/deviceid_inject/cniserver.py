@@ -36,7 +36,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from . import cni, netns, wire
+from . import cni, netns, views, wire
 from . import config as configuration
 from .log import Log
 
@@ -44,7 +44,7 @@ from .log import Log
 BUILD_ID_ENV = "DEVICEID_INJECT_BUILD_ID"
 BUILD_DIR_ENV = "DEVICEID_INJECT_BUILD_DIR"
 MAX_CAPTURED_STDERR = 64 * 1024
-MAX_FDS = 2  # the client's netns, the Pod's
+MAX_FDS = 3  # the client's netns and root, the Pod's netns
 MARK_USED_SECONDS = 60.0  # the launcher removes builds unused for ten minutes: ours is in use
 _UCRED = struct.Struct("3i")
 
@@ -55,26 +55,6 @@ class Limits:
     max_connections: int = 64  # connections still sending their request
     read_seconds: float = 5.0  # to send the whole request, from acceptance
     call_seconds: float = 30.0  # for the whole call, from acceptance (the client waits longer)
-
-
-@dataclass(frozen=True)
-class Roots:
-    """The host folders this server sees at their host paths (its hostPath mounts); "/" when it
-    runs in the host's own mount namespace."""
-
-    paths: tuple[str, ...]
-
-    def refusal(self, named: dict[str, str]) -> str | None:
-        """Why a call naming these paths cannot be served here, or None."""
-        for key, path in sorted(named.items()):
-            if path.startswith("/") and not any(_inside(root, path) for root in self.paths):
-                return f"{key} {path} is outside what this server sees as the host does ({', '.join(self.paths)})"
-        return None
-
-
-def _inside(root: str, path: str) -> bool:
-    root, path = os.path.normpath(root), os.path.normpath(path)
-    return root == "/" or path == root or path.startswith(root + "/")
 
 
 @dataclass
@@ -118,10 +98,9 @@ class Listener:
 
 
 class Server:
-    def __init__(self, listener: Listener, roots: Roots, build_id: str, limits: Limits, log: Log):
+    def __init__(self, listener: Listener, build_id: str, limits: Limits, log: Log):
         self.listener = listener.sock
         self.socket_file = listener
-        self.roots = roots
         self.build_id = build_id
         self.limits = limits
         self.log = log
@@ -145,8 +124,7 @@ class Server:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the selector
-        roots = ", ".join(self.roots.paths)
-        self.log.warning(f"serving CNI calls on {self.socket_file.path} (build {self.build_id}, roots {roots})")
+        self.log.warning(f"serving CNI calls on {self.socket_file.path} (build {self.build_id})")
         build_dir = os.environ.get(BUILD_DIR_ENV)
         next_mark = 0.0
         while not (self.stopping and not self.calls and not self.waiting):
@@ -252,8 +230,8 @@ class Server:
                 reason = f"this server is build {self.build_id}, the client {conn.request.build_id}"
                 self.log.info(f"handed {_label(conn.request.environ)} back to its client: {reason}")
                 self._drop(conn, reason)
-            elif not conn.fds:
-                self._drop(conn, "no network namespace sent")
+            elif len(conn.fds) < 2:
+                self._drop(conn, "no network namespace and root sent")
             else:
                 self.waiting.append(conn)
 
@@ -280,7 +258,7 @@ class Server:
             others = self._open_fds(besides=conn)
             pid = os.fork()
             if pid == 0:
-                _child(conn, request, others, self.roots, self.log)
+                _child(conn, request, others, self.log)
             with contextlib.suppress(OSError):  # the child does it too: whichever runs first
                 os.setpgid(pid, pid)
             conn.close()
@@ -339,7 +317,6 @@ def _child(
     conn: _Connection,
     request: wire.Request,
     others: list[int],
-    roots: Roots,
     log: Log,
 ) -> None:
     """Run one call and answer it; never returns."""
@@ -352,7 +329,7 @@ def _child(
         for fd in others:
             _close_quietly(fd)
         working = _die_with_the_client(conn.sock, _label(request.environ), log)
-        status, reply = _run_call(conn.fds, request, roots, log)
+        status, reply = _run_call(conn.fds, request, log)
         working.clear()
         conn.sock.setblocking(True)
         conn.sock.settimeout(max(0.1, conn.deadline - time.monotonic()))
@@ -390,7 +367,7 @@ def _die_with_the_client(sock: socket.socket, label: str, log: Log) -> set[str]:
     return working
 
 
-def _run_call(fds: list[int], request: wire.Request, roots: Roots, log: Log) -> tuple[int, bytes]:
+def _run_call(fds: list[int], request: wire.Request, log: Log) -> tuple[int, bytes]:
     try:
         netns.enter(fds[0])
     except OSError as exc:
@@ -398,11 +375,11 @@ def _run_call(fds: list[int], request: wire.Request, roots: Roots, log: Log) -> 
         log.warning(f"handed {_label(request.environ)} back to its client: {reason}")
         return _EXIT_REFUSED, wire.encode_refusal(reason)
     environ = {key: value for key, value in request.environ.items() if key.startswith("CNI_")}
-    if len(fds) > 1:
-        environ["CNI_NETNS"] = f"/proc/self/fd/{fds[1]}"
+    if len(fds) > 2:
+        environ["CNI_NETNS"] = f"/proc/self/fd/{fds[2]}"
 
     def admit(raw: dict[str, object]) -> None:
-        reason = roots.refusal(configuration.named_paths(raw))
+        reason = views.differs(configuration.named_paths(raw), fds[1])
         if reason is not None:
             log.warning(f"handed {_label(environ)} back to its client: {reason}")
             raise cni.Declined(reason)
@@ -518,7 +495,7 @@ def preload() -> None:
     gc.freeze()
 
 
-def run(socket_path: str, roots: Roots, limits: Limits, log: Log) -> int:
+def run(socket_path: str, limits: Limits, log: Log) -> int:
     build_id = os.environ.get(BUILD_ID_ENV, "")
     if not build_id:
         log.error(f"no {BUILD_ID_ENV}: run the server through the deviceid-inject binary, whose launcher sets it")
@@ -529,4 +506,4 @@ def run(socket_path: str, roots: Roots, limits: Limits, log: Log) -> int:
     except OSError as exc:
         log.error(f"cannot listen on {socket_path}: {exc}")
         return 1
-    return Server(listener, roots, build_id, limits, log).serve()
+    return Server(listener, build_id, limits, log).serve()

@@ -203,7 +203,7 @@ def validate(raw: dict[str, Any]) -> None:
 def named_paths(raw: dict[str, Any]) -> dict[str, str]:
     """Every host path the config makes the plugin read or write, by the key that names it, with
     the defaults filled in; values that are not strings are left to `load` to refuse. The CNI
-    server serves only calls whose paths it sees as the host does (cniserver.Roots)."""
+    server serves only calls whose paths it sees as its client does (views.py)."""
     runtime = raw.get("runtimeConfig")
     named = {
         "deviceInfoRoot": raw.get("deviceInfoRoot", DEFAULT_DEVICE_INFO_ROOT),

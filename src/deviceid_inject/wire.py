@@ -5,8 +5,8 @@ One request and one answer per connection on a unix stream socket; integers litt
 Request, client to server:
     MAGIC, u32 build-id length, build id, u32 count of environment entries, each as
     u32 length + b"KEY=VALUE", u32 stdin length, stdin.
-  With the first bytes, as SCM_RIGHTS: the client's own network namespace, then the Pod's
-  (CNI_NETNS) when the call names one the client could open.
+  With the first bytes, as SCM_RIGHTS: the client's own network namespace, its root folder, then
+  the Pod's network namespace (CNI_NETNS) when the call names one the client could open.
 
 Answer, server to client:
     MAGIC, then b"A", i32 exit code, u32 stdout length, stdout, u32 stderr length, stderr:
