@@ -29,7 +29,7 @@ from lightkube.resources.core_v1 import Pod
 from lightkube.types import on_error_raise
 
 from deviceid_inject.annotations import NETWORK_STATUS
-from deviceid_inject.bridge import agent
+from deviceid_inject.bridge import agent, records
 from deviceid_inject.bridge.agent import Bridge, Settings
 from deviceid_inject.bridge.metrics import PREFIX, Metrics
 from deviceid_inject.log import Log
@@ -336,6 +336,108 @@ def test_a_pod_that_needs_nothing_is_looked_at_again_only_when_it_or_its_records
     drain(bridge)
     assert len(looks) == 3  # its record changed
     assert client.attempts == []
+
+
+# --- a node with thousands of stale records (issue 23, point 1) -----------------------------------------
+
+FS_CALLS = ("lstat", "stat", "listdir", "scandir", "open")
+
+
+def filesystem_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every lstat, stat, listdir, scandir and open of this process from now on, by name: the
+    work a refresh of the records does, counted at the os module every reader goes through."""
+    calls: list[str] = []
+    for name in FS_CALLS:
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    return calls
+
+
+def stale(data_dir: Path, count: int) -> None:
+    """`count` records of Pods that are not on the node any more (DELs that never came)."""
+    store = Store(str(data_dir))
+    for i in range(count):
+        store.save(record(f"gone-{i}", f"gone-{i}", f"stale{i:05d}"))
+
+
+def work_per_event(tmp_path: Path, stale_records: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Filesystem calls for each of 5 Pods' events (its record written just before, as the
+    plugin does before Multus writes network-status), on a node with `stale_records` more."""
+    data_dir = tmp_path / f"stale-{stale_records}"
+    stale(data_dir, stale_records)
+    client = FakeClient([], [[]])
+    bridge, _ = make_bridge(client, data_dir)
+    bridge.watch(client.stop)
+    drain(bridge)
+    bridge.resync()  # as the worker does once synced: every record read, once
+    store = Store(str(data_dir))
+    costs = []
+    with monkeypatch.context() as patched:
+        for i in range(5):
+            store.save(record(f"uid-{i}", f"upf-{i}", f"sandbox{i}"))
+            calls = filesystem_calls(patched)
+            bridge._event("ADDED", pod("20", uid=f"uid-{i}", name=f"upf-{i}"))
+            drain(bridge)
+            costs.append(len(calls))
+            patched.undo()
+    assert client.patched == [f"upf-{i}" for i in range(5)]
+    return costs
+
+
+def test_an_event_costs_the_same_with_10_or_2000_stale_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Issue 23, point 1: every event read the whole data dir (10,000 stale records: 0.4 to 1 s
+    per Pod event). Now an event reads what changed: the same filesystem calls per event
+    whatever else the data dir holds (benchmarks/bridge_bench.py --stale measures the time)."""
+    few = work_per_event(tmp_path, 10, monkeypatch)
+    many = work_per_event(tmp_path, 2000, monkeypatch)
+    assert many == few
+    assert max(many) <= 10  # the new record's stat and read, not the folder's
+
+
+def test_the_index_keeps_up_without_inotify_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Where inotify cannot be had, every refresh lists everything, as before: slower, still right."""
+
+    def no_inotify() -> None:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(records, "Inotify", no_inotify)
+    client = FakeClient([], [[]])
+    bridge, log = make_bridge(client, tmp_path)
+    bridge.watch(client.stop)
+    drain(bridge)
+    bridge.resync()
+    Store(str(tmp_path)).save(record())
+    bridge._event("ADDED", pod("20"))
+    drain(bridge)
+    assert client.patched == ["upf-0"]
+    assert "no inotify (Function not implemented): every refresh lists every record" in log.getvalue()
+    assert bridge.index.full_listings == 2
+
+
+def test_records_of_pods_long_gone_are_counted_and_logged_once(tmp_path: Path):
+    """Stale records are reported (a gauge, one log line naming them), not deleted: the plugin's
+    DEL and GC own them."""
+    now = [1000.0]
+    stale(tmp_path, 5)
+    Store(str(tmp_path)).save(record())  # a Pod that is here: never stale
+    client = FakeClient([pod("10", status=None)], [[]])
+    bridge, log = make_bridge(client, tmp_path, clock=lambda: now[0], stale_records_after=600)
+    bridge.watch(client.stop)
+    drain(bridge)
+    bridge.resync()
+    assert value(bridge, "stale_records") == 0  # gone since the first look: not for long yet
+    now[0] += 601
+    bridge.resync()
+    bridge.resync()
+    assert value(bridge, "stale_records") == 5
+    lines = [line for line in log.getvalue().splitlines() if "have not been on this node" in line]
+    assert len(lines) == 1
+    assert "5 more Pods" in lines[0] and "ran/gone-0 (uid gone-0, stale00000)" in lines[0] and "and 2 more" in lines[0]
+    assert len(os.listdir(tmp_path)) == 6  # every record's folder: nothing removed
+    for i in range(5):
+        Store(str(tmp_path)).forget(f"stale{i:05d}", "net1")  # the plugin's GC
+    bridge.resync()
+    assert value(bridge, "stale_records") == 0
 
 
 # --- one Pod's trouble is that Pod's (issue 15, defects 1 and 2) ---------------------------------------

@@ -11,6 +11,7 @@ from bridge import OTHER_VF, UID, VF, record
 
 from deviceid_inject import files
 from deviceid_inject.bridge import records
+from deviceid_inject.bridge.inotify import IN_Q_OVERFLOW, Event
 from deviceid_inject.bridge.records import RecordIndex
 from deviceid_inject.state import Store
 
@@ -47,6 +48,47 @@ def test_index_follows_changes_and_removals(data_dir: Path):
     store.forget("sandbox1", "net1")
     index.refresh()
     assert index.for_pod(UID) == []
+
+
+def test_index_follows_every_kind_of_change_from_inotify_without_listing_again(data_dir: Path):
+    """Issue 23, point 1: after the first listing, only the kernel's events lead to files: a new
+    container folder, a second network in an existing one, a rewrite, a removal, a folder
+    removed and made again; the data dir is never listed again."""
+    store = Store(str(data_dir))
+    store.save(record("sandbox1"))
+    index = RecordIndex(str(data_dir))
+    index.refresh()
+    store.save(record("sandbox2", pod_uid="pod-2"))
+    store.save(record("sandbox1", ifname="net2", device_info=OTHER_VF))
+    index.refresh()
+    assert [(k.record.ifname, k.record.device_info) for k in index.for_pod(UID)] == [("net1", VF), ("net2", OTHER_VF)]
+    assert index.pod_uids() == {UID, "pod-2"}
+    store.save(record("sandbox1", ifname="net2"))
+    store.forget("sandbox2", "net1")
+    index.refresh()
+    assert [k.record.device_info for k in index.for_pod(UID)] == [VF, VF]
+    assert index.pod_uids() == {UID}
+    store.forget("sandbox1", "net1")
+    store.forget("sandbox1", "net2")  # the folder goes with its last record
+    store.save(record("sandbox1", device_info=OTHER_VF))  # and comes back
+    index.refresh()
+    assert [k.record.device_info for k in index.for_pod(UID)] == [OTHER_VF]
+    assert index.full_listings == 1
+    store.save(record("sandbox1"))
+    index.refresh()  # the folder made again is watched too
+    assert [k.record.device_info for k in index.for_pod(UID)] == [VF]
+
+
+def test_index_lists_everything_again_when_the_kernel_dropped_events(data_dir: Path, monkeypatch):
+    store = Store(str(data_dir))
+    index = RecordIndex(str(data_dir))
+    index.refresh()
+    store.save(record("sandbox1"))
+    assert index._inotify is not None
+    monkeypatch.setattr(index._inotify, "read", lambda: [Event(-1, IN_Q_OVERFLOW, "")])
+    index.refresh()
+    assert index.full_listings == 2
+    assert [k.record.container_id for k in index.for_pod(UID)] == ["sandbox1"]
 
 
 def test_index_of_a_missing_data_dir_is_empty(tmp_path: Path):

@@ -63,6 +63,9 @@ class Settings:
     retry_initial: float = 1.0
     retry_max: float = 300.0
     legacy_networks_status: bool = False
+    # A record whose Pod has not been on this node for this long is stale (a lost DEL): counted in a
+    # metric and logged, never removed (the mount is read-only; the plugin's DEL and GC own records).
+    stale_records_after: float = 600.0
     # /healthz fails when a loop made no progress for this long: a quiet watch comes round every
     # WATCH_SECONDS (+ the read timeout's 30 s when its connection died), a Pod's work is bounded
     # by the client's timeouts.
@@ -107,6 +110,9 @@ class Bridge:
     # Whether an event arrived since the index was last read: the plugin writes a record before
     # Multus writes network-status, so an index read after that event's arrival has the record.
     _index_stale: bool = True
+    # Pod UIDs with records here but no Pod on the node: since when (the clock's), and those reported.
+    _orphaned: dict[str, float] = field(default_factory=dict)
+    _reported_stale: set[str] = field(default_factory=set)
     # `pods`, `_since` and `_index_stale` are written by the watch thread and read by the worker.
     lock: threading.Lock = field(default_factory=threading.Lock)
     clock: Callable[[], float] = time.monotonic  # of liveness and the Pods' retries (tests pass their own)
@@ -220,11 +226,11 @@ class Bridge:
 
     def work(self, stop: threading.Event) -> None:
         """Take Pods from the queue until `stop` is set; resync every `resync` seconds."""
-        next_resync = time.monotonic() + self.settings.resync
+        next_resync = time.monotonic()  # the first once synced: every record read at the start, not at an event
         while not stop.is_set():
             self.health.beat("worker")
             now = time.monotonic()
-            if now >= next_resync:
+            if now >= next_resync and self.health.synced.is_set():
                 next_resync = now + self.settings.resync
                 self.resync()
             self.step(timeout=min(IDLE_BEAT, self.settings.stale_after / 4, max(0.0, next_resync - now)))
@@ -267,8 +273,33 @@ class Bridge:
                 for uid, pod in self.pods.items()
                 if uid in with_records or (self.settings.legacy_networks_status and NETWORK_STATUS in _annotations(pod))
             ]
+            orphans = with_records - set(self.pods)
         for uid in due:
             self.queue.add(uid)
+        self._report_stale(orphans)
+
+    def _report_stale(self, orphans: set[str]) -> None:
+        """Count the records whose Pod has not been on this node for `stale_records_after`, and log
+        them once each (in one line per resync that finds new ones). Run by the resync, so its cost
+        (the records of Pods gone) is paid every `resync` seconds, never per event."""
+        now = self.clock()
+        self._orphaned = {uid: self._orphaned.get(uid, now) for uid in orphans}
+        stale = {uid for uid, since in self._orphaned.items() if now - since >= self.settings.stale_records_after}
+        self.metrics.stale_records.set(sum(self.index.count(uid) for uid in stale))
+        new = sorted(stale - self._reported_stale)
+        self._reported_stale = stale
+        if not new:
+            return
+        examples = []
+        for uid in new[:3]:
+            record = self.index.for_pod(uid)[0].record
+            examples.append(f"{record.pod_namespace}/{record.pod_name} (uid {uid}, {record.container_id})")
+        more = f" and {len(new) - 3} more" if len(new) > 3 else ""
+        self.log.warning(
+            f"records: {len(new)} more Pods have records here but have not been on this node for "
+            f"{self.settings.stale_records_after:g} s: {', '.join(examples)}{more}; {len(stale)} such Pods in all. "
+            "Kept: the plugin's DEL or GC removes records (a lost DEL leaves them)"
+        )
 
     def _refresh(self, only_if_stale: bool = False) -> None:
         """Read the records again (with `only_if_stale`, only if an event arrived since the last read)."""

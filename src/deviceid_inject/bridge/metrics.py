@@ -45,6 +45,11 @@ class Metrics:
             registry=r,
         )
         self.relists = Counter(f"{PREFIX}_relists", "lists after a watch's 410 Gone or a refusal", registry=r)
+        self.stale_records = Gauge(
+            f"{PREFIX}_stale_records",
+            "records in the data dir of Pods not on this node for a while (lost DELs; the plugin's GC removes them)",
+            registry=r,
+        )
         self.pods = Gauge(f"{PREFIX}_pods", "Pods on this node the watch knows of", registry=r)
         self.latency = Histogram(
             f"{PREFIX}_patch_latency_seconds",
