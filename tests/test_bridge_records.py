@@ -3,7 +3,9 @@ changes, and every odd file costing only itself."""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -163,9 +165,46 @@ def test_a_record_read_is_bounded_even_when_the_file_grows_after_the_size_check(
     assert store.load("sandbox1", "net1", max_bytes=records.MAX_RECORD_BYTES) is None
 
 
-def test_a_record_whose_device_info_is_not_strict_json_is_not_used(data_dir: Path):
+UNUSABLE = {
+    "not JSON": lambda path: path.write_text('{"container_id": "sandbox1", '),
+    "nested 30,000 deep": lambda path: path.write_text("[" * 30000 + "]" * 30000),
+    "JSON, not a record": lambda path: path.write_text('{"hello": "world"}'),
+    "device-info 500 deep": lambda path: path.write_text(
+        json.dumps(asdict(record("sandbox1", device_info={}))).replace('"device_info": {}', deep(500))
+    ),
+    "device-info a list": lambda path: Store(str(path.parent.parent)).save(record("sandbox1", device_info=[])),
+    "device-info NaN": lambda path: Store(str(path.parent.parent)).save(
+        record("sandbox1", device_info={"type": "pci", "x": float("nan")})
+    ),
+}
+
+
+def deep(levels: int) -> str:
+    """device-info as JSON text nested `levels` deep (json.dumps would recurse as deep)."""
+    return '"device_info": ' + '{"pci": ' * (levels - 1) + '{"type": "pci"}' + "}" * (levels - 1)
+
+
+@pytest.mark.parametrize("how", sorted(UNUSABLE))
+def test_every_record_the_bridge_cannot_use_is_named_once(data_dir: Path, how: str):
+    """Issue 23, point 5: invalid JSON, a 30,000-deep record, device-info nested 500 deep were
+    ignored silently. Every record not used is named once, whatever the reason."""
     store = Store(str(data_dir))
-    store.save(record("sandbox1", device_info={"type": "pci", "x": float("nan")}))
+    store.save(record("sandbox2", pod_uid="good"))
+    store.save(record("sandbox1"))
+    UNUSABLE[how](Path(store.path("sandbox1", "net1")))
+    index = RecordIndex(str(data_dir))
+    (problem,) = index.refresh()
+    assert problem.startswith(f"{store.path('sandbox1', 'net1')}: ") and problem.endswith("; ignored")
+    assert index.for_pod(UID) == []
+    assert [k.record.container_id for k in index.for_pod("good")] == ["sandbox2"]
+    assert index.refresh() == []  # once, while it stays as it is
+
+
+def test_records_that_are_not_ours_to_give_are_skipped_silently(data_dir: Path):
+    """cnitool's (no Pod) and required: false without a device (no device-info) are no trouble."""
+    store = Store(str(data_dir))
+    store.save(record("sandbox1", pod_uid=None))
+    store.save(record("sandbox2", device_info=None, pci_address=None))
     index = RecordIndex(str(data_dir))
     assert index.refresh() == []
-    assert index.for_pod(UID) == []
+    assert index.pod_uids() == set()

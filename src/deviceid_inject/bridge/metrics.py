@@ -31,7 +31,7 @@ class Metrics:
         self.errors = Counter(
             f"{PREFIX}_errors",
             "failures by kind: api (list, watch), patch (refused by the API server), conflict-retries, "
-            "pod (anything else while looking at one Pod), record (an odd file in the data dir)",
+            "pod (anything else while looking at one Pod), record (a file in the data dir it cannot use)",
             ["kind"],
             registry=r,
         )

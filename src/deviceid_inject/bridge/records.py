@@ -12,8 +12,10 @@ Where the kernel cannot tell (its event queue overflowed) the index lists everyt
 a folder it has no watch left for (fs.inotify.max_user_watches) is listed on every refresh, and
 where there is no inotify at all every refresh lists everything, as before: slower, never wrong.
 
-Every file is judged on its own: a directory, FIFO or symlink where a record should be, or a
-record larger than MAX_RECORD_BYTES costs only itself.
+Every file is judged on its own and every one that cannot be used is named once, for the caller
+to log and count: a directory, FIFO or symlink where a record should be, a record larger than
+MAX_RECORD_BYTES, not JSON, not a record of ours, or device-info that is not a JSON object we
+can write back. Silent only: records with no Pod (cnitool's) or no device-info (required: false).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from .. import files
 from ..protocol import CniError
-from ..state import Record, Store
+from ..state import Record, Store, record_from
 from .inotify import (
     IN_ATTRIB,
     IN_CLOSE_WRITE,
@@ -46,6 +49,8 @@ from .inotify import (
 
 # The plugin's records are a few hundred bytes; a record larger than this is not one of ours.
 MAX_RECORD_BYTES = 64 * 1024
+# NPWG device-info is {"type", "version", "<type>": {...}}: three levels. Far deeper is not ours.
+MAX_DEVICE_INFO_DEPTH = 32
 SUFFIX = ".json"
 
 _ROOT_EVENTS = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
@@ -266,13 +271,22 @@ class RecordIndex:
             return _Seen(signature, None, "not a regular file; ignored")
         if st.st_size > MAX_RECORD_BYTES:
             return _Seen(signature, None, f"{st.st_size} bytes, more than a record's {MAX_RECORD_BYTES}; ignored")
-        container_id, ifname = os.path.basename(os.path.dirname(path)), os.path.basename(path)[: -len(SUFFIX)]
         try:
-            record = self.store.load(container_id, ifname, max_bytes=MAX_RECORD_BYTES)
+            raw = files.read_json(path, MAX_RECORD_BYTES)
+        except files.NotJson as exc:  # TooLarge too: it grew since the lstat
+            return _Seen(signature, None, f"{str(exc).removeprefix(f'{path} ')}; ignored")
         except CniError as exc:  # it became a symlink or a FIFO since the lstat
             return _Seen(signature, None, f"{exc.msg}; ignored")
-        if record is None or not record.pod_uid or _unusable(record.device_info) is not None:
+        if raw is None:  # removed since the lstat
+            return _Seen(signature, None, None)
+        record = record_from(raw)
+        if record is None:
+            return _Seen(signature, None, "JSON, but not a record of deviceid-inject (edited?); ignored")
+        if not record.pod_uid or record.device_info is None:
             return _Seen(signature, None, None)  # not ours to give: cnitool's, required: false, ...
+        wrong = _unusable(record.device_info)
+        if wrong is not None:
+            return _Seen(signature, None, f"its device-info {wrong}; ignored")
         return _Seen(signature, Known(record, st.st_mtime_ns), None)
 
     # --- reading ----------------------------------------------------------------------------------------
@@ -299,11 +313,27 @@ def _unusable(value: Any) -> str | None:
     MAX_DEVICE_INFO_DEPTH, not strict JSON), or None when it can."""
     if not isinstance(value, dict):
         return f"is a JSON {type(value).__name__}, not an object"
+    if _depth(value) > MAX_DEVICE_INFO_DEPTH:
+        return f"is nested deeper than {MAX_DEVICE_INFO_DEPTH} levels"
     try:
         json.dumps(value, allow_nan=False)
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         return f"is not strict JSON ({exc})"
     return None
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of decoded JSON, without recursion (a record holds what json.loads took)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def _listdir(folder: str) -> list[str]:
