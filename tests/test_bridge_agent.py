@@ -440,6 +440,53 @@ def test_records_of_pods_long_gone_are_counted_and_logged_once(tmp_path: Path):
     assert value(bridge, "stale_records") == 0
 
 
+# --- a fight with another writer (issue 23, point 3) ---------------------------------------------------
+
+
+def fight(bridge: Bridge, now: list[float], seconds: float, version: list[int]) -> None:
+    """Another writer that puts network-status back without device-info every 0.1 s (on the
+    clock the bridge and its queue read), the bridge's worker running after each write."""
+    until = now[0] + seconds
+    while now[0] < until:
+        version[0] += 1
+        bridge._event("MODIFIED", pod(str(version[0])))
+        drain(bridge)
+        now[0] += 0.1
+
+
+def test_a_pod_fought_over_is_patched_less_and_less_often_and_other_pods_are_not_slowed(tmp_path: Path):
+    """Issue 23, point 3: a writer that took our device-info out 1,702 times in 16 s got 524
+    patches back, with no limit. Now that Pod's patches wait 1 s, 2 s, ... at most 60 s while the
+    fight lasts (counted, logged once), a Pod that keeps device-info for 120 s starts afresh, and
+    another Pod of the node is patched at its first event meanwhile."""
+    now = [1000.0]
+    Store(str(tmp_path)).save(record())
+    Store(str(tmp_path)).save(record("uid-control", "control", "sandbox-control"))
+    client = FakeClient([pod("10")], [[]])
+    bridge, log = make_bridge(client, tmp_path, clock=lambda: now[0])
+    bridge.watch(client.stop)
+    drain(bridge)
+    assert client.patched == ["upf-0"]
+    version = [10]
+    fight(bridge, now, 60, version)
+    first_minute = client.patched.count("upf-0") - 1
+    assert 5 <= first_minute <= 8  # 1, 2, 4, 8, 16, 32 s apart (was: 600, one per write)
+    fight(bridge, now, 120, version)
+    assert client.patched.count("upf-0") - 1 - first_minute <= 3  # 60 s apart at most, then
+    bridge._event("ADDED", pod("500", uid="uid-control", name="control"))
+    drain(bridge)
+    assert client.patched[-1] == "control"  # at its first event, fight or not
+    assert value(bridge, "device_info_lost_total") == client.patched.count("upf-0") - 1
+    assert value(bridge, "braked_total") > 1000
+    assert log.getvalue().count("lost our device-info again") == 1  # once per streak
+    # The other writer gives up; 120 s later a loss (Multus's next sandbox, say) is served at once.
+    now[0] += 200
+    patched = client.patched.count("upf-0")
+    fight(bridge, now, 0.1, version)
+    assert client.patched.count("upf-0") == patched + 1
+    assert log.getvalue().count("lost our device-info again") == 1
+
+
 # --- one Pod's trouble is that Pod's (issue 15, defects 1 and 2) ---------------------------------------
 
 

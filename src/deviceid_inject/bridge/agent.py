@@ -63,6 +63,12 @@ class Settings:
     retry_initial: float = 1.0
     retry_max: float = 300.0
     legacy_networks_status: bool = False
+    # The brake on a fight with another writer: a Pod that loses our device-info again within
+    # `brake_streak` seconds of our last patch waits `brake_initial`, doubled per loss, at most
+    # `brake_max`, before the next; a Pod that keeps it for `brake_streak` starts afresh.
+    brake_initial: float = 1.0
+    brake_max: float = 60.0
+    brake_streak: float = 120.0
     # A record whose Pod has not been on this node for this long is stale (a lost DEL): counted in a
     # metric and logged, never removed (the mount is read-only; the plugin's DEL and GC own records).
     stale_records_after: float = 600.0
@@ -70,6 +76,16 @@ class Settings:
     # WATCH_SECONDS (+ the read timeout's 30 s when its connection died), a Pod's work is bounded
     # by the client's timeouts.
     stale_after: float = 600.0
+
+
+@dataclass
+class Streak:
+    """A Pod whose network-status lost our device-info after we added it: how often in a row,
+    when we last patched it, and when the next patch may go."""
+
+    losses: int
+    patched: float
+    next_patch: float
 
 
 @dataclass
@@ -113,6 +129,8 @@ class Bridge:
     # Pod UIDs with records here but no Pod on the node: since when (the clock's), and those reported.
     _orphaned: dict[str, float] = field(default_factory=dict)
     _reported_stale: set[str] = field(default_factory=set)
+    # Pods fighting another writer over our device-info (the brake), by UID; the worker's alone.
+    _streaks: dict[str, Streak] = field(default_factory=dict)
     # `pods`, `_since` and `_index_stale` are written by the watch thread and read by the worker.
     lock: threading.Lock = field(default_factory=threading.Lock)
     clock: Callable[[], float] = time.monotonic  # of liveness and the Pods' retries (tests pass their own)
@@ -246,6 +264,7 @@ class Bridge:
         if pod is None:  # deleted
             self.queue.forget(uid)
             self._settled.pop(uid, None)
+            self._streaks.pop(uid, None)
             return uid
         try:
             self.reconcile(pod, seen=time.monotonic() if seen is None else seen)
@@ -341,6 +360,8 @@ class Bridge:
             if not wanted:
                 self._settled[key.uid] = settled
                 return False
+            if NETWORK_STATUS in wanted and self._braked(key):
+                return False
             try:
                 written = self._patch_all(key, pod, wanted)
             except ApiError as err:
@@ -355,6 +376,8 @@ class Bridge:
                     return False
                 self.metrics.errors.labels(kind="patch").inc()
                 raise
+            if NETWORK_STATUS in written:
+                self._count_loss(key)
             if written:
                 self.metrics.patches.inc()
                 self.metrics.latency.observe(time.monotonic() - seen)
@@ -367,6 +390,41 @@ class Bridge:
         self.metrics.errors.labels(kind="conflict-retries").inc()
         self.log.warning(f"{key}: still conflicting after {PATCH_ATTEMPTS} attempts")
         return False
+
+    def _braked(self, key: PodKey) -> bool:
+        """Whether the Pod must wait before we add device-info again; if so it is queued for then."""
+        streak = self._streaks.get(key.uid)
+        if streak is None:
+            return False
+        wait = streak.next_patch - self.clock()
+        if wait <= 0:
+            return False
+        self.metrics.braked.inc()
+        self.queue.add_after(key.uid, wait)
+        return True
+
+    def _count_loss(self, key: PodKey) -> None:
+        """We just added device-info. If we had added it shortly before, someone took it out
+        again: the next time waits longer (a fight with another writer must not load the API
+        server for ever). Logged once per streak."""
+        now = self.clock()
+        streak = self._streaks.get(key.uid)
+        if streak is None or now - streak.patched > self.settings.brake_streak:
+            self._streaks[key.uid] = Streak(0, now, now)  # the first patch, or one after a calm
+            return
+        since = now - streak.patched
+        streak.losses += 1
+        streak.patched = now
+        delay = min(self.settings.brake_max, self.settings.brake_initial * 2 ** (streak.losses - 1))
+        streak.next_patch = now + delay
+        self.metrics.lost.inc()
+        if streak.losses == 1:
+            self.log.warning(
+                f"{key}: network-status lost our device-info again {since:.1f} s after we added it; "
+                f"another writer may be rewriting it: until it keeps device-info for {self.settings.brake_streak:g} s, "
+                f"each new patch waits longer ({self.settings.brake_initial:g} s, doubling, at most "
+                f"{self.settings.brake_max:g} s)"
+            )
 
     def _patch_all(self, key: PodKey, pod: Pod, wanted: dict[str, str]) -> dict[str, str]:
         """One patch of every annotation in `wanted`; returns those written. Where the API server

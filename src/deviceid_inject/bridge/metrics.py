@@ -50,6 +50,16 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.lost = Counter(
+            f"{PREFIX}_device_info_lost",
+            "times a Pod's network-status lost the device-info we had added shortly before (another writer)",
+            registry=r,
+        )
+        self.braked = Counter(
+            f"{PREFIX}_braked",
+            "patches held back by the per-Pod brake on a fight with another writer",
+            registry=r,
+        )
         self.relists = Counter(f"{PREFIX}_relists", "lists after a watch's 410 Gone or a refusal", registry=r)
         self.stale_records = Gauge(
             f"{PREFIX}_stale_records",
