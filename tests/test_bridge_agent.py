@@ -722,6 +722,45 @@ def test_refused_credentials_make_the_agent_unready_until_they_are_taken_again(d
     assert bridge.health.ready() == (True, "ok")
 
 
+def forbidden(message: str) -> ApiError:
+    return ApiError(status={"kind": "Status", "code": 403, "message": message, "status": "Failure"})
+
+
+RBAC_403 = 'pods "upf-0" is forbidden: User "system:serviceaccount:kube-system:deviceid-inject-bridge" cannot patch'
+POLICY_403 = "pods \"upf-0\" is forbidden: ValidatingAdmissionPolicy 'deviceid-inject-bridge' with binding ..."
+
+
+def test_refused_patches_make_the_agent_unready_until_a_patch_goes_through(data_dir: Path):
+    """Issue 23, point 4: with the RBAC binding removed every patch got 403 while /readyz said
+    200 (the open watch still delivered). Now unready from the first refused patch, through the
+    watch's events, until the next patch that goes through."""
+    now = [0.0]
+    refusing = [True]
+    client = FakeClient([pod("10")], [[]], fail=lambda name: forbidden(RBAC_403) if refusing[0] else None)
+    bridge, _ = make_bridge(client, data_dir, clock=lambda: now[0])
+    bridge.watch(client.stop)
+    drain(bridge)
+    ok, why = bridge.health.ready()
+    assert not ok and why == f"the API server refuses our patches: API error 403: {RBAC_403}"
+    bridge._event("MODIFIED", pod("11", uid="another", status=None))  # the watch still delivers
+    assert bridge.health.ready()[0] is False
+    refusing[0] = False  # the binding is back
+    now[0] += bridge.queue.maximum  # the Pod's retry is due: one patch attempt
+    drain(bridge)
+    assert client.patched == ["upf-0"]
+    assert bridge.health.ready() == (True, "ok")
+
+
+def test_a_patch_our_admission_policy_refuses_leaves_the_agent_ready(data_dir: Path):
+    """The policy refuses one change of one Pod; that is the Pod's trouble, not the agent's."""
+    client = FakeClient([pod("10")], [[]], fail=lambda name: forbidden(POLICY_403))
+    bridge, _ = make_bridge(client, data_dir)
+    bridge.watch(client.stop)
+    drain(bridge)
+    assert client.attempts == ["upf-0"] and client.patched == []
+    assert bridge.health.ready() == (True, "ok")
+
+
 def test_credentials_refused_on_the_list_keep_the_agent_unready(data_dir: Path):
     client = FakeClient([pod("10", status=None)], [], lists=[api_error(403)] * 1000)
     bridge, _ = make_bridge(client, data_dir)

@@ -375,10 +375,13 @@ class Bridge:
                     self.log.info(f"{key.namespace}/{key.name} is gone; nothing to patch")
                     return False
                 self.metrics.errors.labels(kind="patch").inc()
+                if _credentials_refused(err):
+                    self.health.patch_refused(_describe(err))
                 raise
             if NETWORK_STATUS in written:
                 self._count_loss(key)
             if written:
+                self.health.patch_accepted()
                 self.metrics.patches.inc()
                 self.metrics.latency.observe(time.monotonic() - seen)
                 done = ["added device-info"] if NETWORK_STATUS in written else []
@@ -473,6 +476,15 @@ def _api_answer(err: Exception) -> tuple[int, str | None] | None:
     if isinstance(err, httpx.HTTPStatusError):  # the watch request's own answer
         return err.response.status_code, err.response.reason_phrase
     return None
+
+
+def _credentials_refused(err: ApiError) -> bool:
+    """A 401, or a 403 from authorization (RBAC), not from our admission policy: the policy
+    refuses one change of one Pod (its message names the ValidatingAdmissionPolicy), which says
+    nothing of the agent's readiness."""
+    if err.status.code == 401:
+        return True
+    return err.status.code == 403 and "ValidatingAdmissionPolicy" not in (err.status.message or "")
 
 
 def _describe(err: Exception) -> str:

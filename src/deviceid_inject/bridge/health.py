@@ -9,9 +9,12 @@ one call, stops beating: after `stale_after` seconds /healthz says so and the ku
 the agent. An API server that is away does not make the agent unhealthy (a restart would not
 bring it back), it only keeps it from being ready.
 
-Readiness: the first list of the node's Pods succeeded, and the API server's last answer to the
+Readiness: the first list of the node's Pods succeeded, the API server's last answer to the
 list or the watch was not a refusal of our credentials (401 or 403: an expired token, a removed
-binding). Both are the bridge's own business; the kubelet only reads them.
+binding), and its last answer to a patch was not one either (a binding of `patch` on pods/status
+removed while `watch` stays: issue 23 saw /readyz 200 for 217 s of refused patches). A patch
+refusal ends with the next patch that goes through, whatever the watch does meanwhile. All of
+it is the bridge's own business; the kubelet only reads it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Health:
         self._lock = threading.Lock()
         self.synced = threading.Event()
         self._refused: str | None = None
+        self._patch_refused: str | None = None
 
     def beat(self, loop: str) -> None:
         now = self._clock()
@@ -57,11 +61,23 @@ class Health:
         with self._lock:
             self._refused = None
 
+    def patch_refused(self, why: str) -> None:
+        """The API server refused a patch of ours for our credentials or our RBAC (401, 403)."""
+        with self._lock:
+            self._patch_refused = why
+
+    def patch_accepted(self) -> None:
+        """A patch of ours went through."""
+        with self._lock:
+            self._patch_refused = None
+
     def ready(self) -> tuple[bool, str]:
         with self._lock:
-            refused = self._refused
+            refused, patch_refused = self._refused, self._patch_refused
         if refused is not None:
             return False, f"the API server refuses our credentials: {refused}"
+        if patch_refused is not None:
+            return False, f"the API server refuses our patches: {patch_refused}"
         if not self.synced.is_set():
             return False, "not synced with the API server yet"
         return True, "ok"
