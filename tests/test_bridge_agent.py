@@ -849,7 +849,7 @@ NUMBERS = st.sampled_from(["0", "-0", "1e400", "-1E-400", "0.1000000000000000001
 STRINGS = st.builds(json.dumps, st.text(max_size=12), ensure_ascii=st.booleans())
 KEYS = (
     st.sampled_from(['"name"', '"mac"', '"ips"', '"dns"', '"x"'])
-    | st.sampled_from(['"interface"', '"device-info"', '"interf\\u0061ce"', '"device-inf\\u006f"'])
+    | st.sampled_from(['"interface"', '"device-info"', '"interf\\u0061ce"', '"device-inf\\u006f"', '"Device-Info"'])
     | STRINGS
 )
 SCALARS = NUMBERS | STRINGS | st.sampled_from(["true", "false", "null", '"net1"', '"ran/n6"', '"ran/other"'])
@@ -928,8 +928,12 @@ def ours_to_fill(text: str) -> int | None:
     def last(entry: list[tuple[str, Any]], key: str) -> Any:
         return next((v for k, v in reversed(entry) if k == key), None)
 
+    def device_info(entry: list[tuple[str, Any]]) -> bool:  # Go keeps the last under any ASCII case; null is none
+        kept = [v for k, v in entry if k.isascii() and k.lower() == "device-info"]
+        return bool(kept) and isinstance(kept[-1], Pairs)
+
     claiming = [i for i, e in enumerate(value) if isinstance(e, Pairs) and last(e, "interface") == "net1"]
-    if any(any(k == "device-info" for k, _ in value[i]) for i in claiming):
+    if any(device_info(value[i]) for i in claiming):
         return None
     if len(claiming) > 1:
         claiming = [
