@@ -37,7 +37,7 @@ from lightkube.types import PatchType, on_error_raise
 from ..annotations import NETWORK_STATUS, NETWORKS_STATUS
 from ..log import Log
 from .changes import Refused, changes
-from .health import Health
+from .health import PATCH, Health
 from .main import DEFAULT_RESYNC
 from .metrics import Metrics
 from .records import RecordIndex
@@ -380,12 +380,12 @@ class Bridge:
                     return False
                 self.metrics.errors.labels(kind="patch").inc()
                 if _credentials_refused(err):
-                    self.health.patch_refused(_describe(err))
+                    self.health.refused(_describe(err), PATCH)
                 raise
             if NETWORK_STATUS in written:
                 self._count_loss(key)
             if written:
-                self.health.patch_accepted()
+                self.health.accepted(PATCH)
                 self.metrics.patches.inc()
                 self.metrics.latency.observe(time.monotonic() - seen)
                 done = ["added device-info"] if NETWORK_STATUS in written else []

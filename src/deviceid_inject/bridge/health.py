@@ -23,6 +23,9 @@ import threading
 import time
 from typing import Callable
 
+WATCH = "watch"  # the list and the watch
+PATCH = "patch"
+
 
 class Health:
     def __init__(self, loops: tuple[str, ...], stale_after: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -32,8 +35,7 @@ class Health:
         self._beats = dict.fromkeys(loops, started)  # a loop gets `stale_after` to show its first progress
         self._lock = threading.Lock()
         self.synced = threading.Event()
-        self._refused: str | None = None
-        self._patch_refused: str | None = None
+        self._refused: dict[str, str] = {}  # by what was refused: WATCH, PATCH
 
     def beat(self, loop: str) -> None:
         now = self._clock()
@@ -51,33 +53,24 @@ class Health:
             return False, f"no progress for more than {self.stale_after:g} s: {', '.join(stale)}"
         return True, "ok"
 
-    def refused(self, why: str) -> None:
-        """The API server refused our credentials (401 or 403) on the list or the watch."""
+    def refused(self, why: str, what: str = WATCH) -> None:
+        """The API server refused our credentials or our RBAC (401 or 403) on `what`: WATCH (the
+        list or the watch) or PATCH."""
         with self._lock:
-            self._refused = why
+            self._refused[what] = why
 
-    def accepted(self) -> None:
-        """The API server answered the list or the watch."""
+    def accepted(self, what: str = WATCH) -> None:
+        """The API server answered the list or the watch (WATCH), or let a patch through (PATCH)."""
         with self._lock:
-            self._refused = None
-
-    def patch_refused(self, why: str) -> None:
-        """The API server refused a patch of ours for our credentials or our RBAC (401, 403)."""
-        with self._lock:
-            self._patch_refused = why
-
-    def patch_accepted(self) -> None:
-        """A patch of ours went through."""
-        with self._lock:
-            self._patch_refused = None
+            self._refused.pop(what, None)
 
     def ready(self) -> tuple[bool, str]:
         with self._lock:
-            refused, patch_refused = self._refused, self._patch_refused
-        if refused is not None:
-            return False, f"the API server refuses our credentials: {refused}"
-        if patch_refused is not None:
-            return False, f"the API server refuses our patches: {patch_refused}"
+            refused = dict(self._refused)
+        if WATCH in refused:
+            return False, f"the API server refuses our credentials: {refused[WATCH]}"
+        if PATCH in refused:
+            return False, f"the API server refuses our patches: {refused[PATCH]}"
         if not self.synced.is_set():
             return False, "not synced with the API server yet"
         return True, "ok"
