@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
 from dataclasses import asdict
 from pathlib import Path
 
@@ -91,6 +92,28 @@ def test_index_lists_everything_again_when_the_kernel_dropped_events(data_dir: P
     index.refresh()
     assert index.full_listings == 2
     assert [k.record.container_id for k in index.for_pod(UID)] == ["sandbox1"]
+
+
+def test_records_of_pods_nobody_asked_about_are_not_kept_parsed(data_dir: Path):
+    """Issue 23, point 1: 10,000 stale records took the agent from 63 to 96 MiB (2.8 KiB each,
+    against the DaemonSet's 128 Mi). The index keeps whose each record is; the record itself
+    only for Pods asked about, until they are forgotten."""
+    store = Store(str(data_dir))
+    for i in range(2000):
+        store.save(record(f"{i:064x}", pod_uid=f"gone-{i:05d}", pod_name=f"upf-gone-{i:05d}"))
+    store.save(record("sandbox1"))
+    tracemalloc.start()
+    try:
+        index = RecordIndex(str(data_dir))
+        index.refresh()
+        per_record = tracemalloc.get_traced_memory()[0] / 2001
+    finally:
+        tracemalloc.stop()
+    assert per_record < 1600, per_record  # parsed and kept, each took 2,750 bytes
+    assert [k.record.device_info for k in index.for_pod(UID)] == [VF]
+    assert index.for_pod("gone-00007", keep=False)[0].record.pod_name == "upf-gone-00007"
+    index.forget_pod(UID)
+    assert [k.record.device_info for k in index.for_pod(UID)] == [VF]  # read again when asked again
 
 
 def test_index_of_a_missing_data_dir_is_empty(tmp_path: Path):

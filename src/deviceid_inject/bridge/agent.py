@@ -269,6 +269,7 @@ class Bridge:
             self.queue.forget(uid)
             self._settled.pop(uid, None)
             self._streaks.pop(uid, None)
+            self.index.forget_pod(uid)
             return uid
         try:
             self.reconcile(pod, seen=time.monotonic() if seen is None else seen)
@@ -315,7 +316,7 @@ class Bridge:
             return
         examples = []
         for uid in new[:3]:
-            record = self.index.for_pod(uid)[0].record
+            record = self.index.for_pod(uid, keep=False)[0].record
             examples.append(f"{record.pod_namespace}/{record.pod_name} (uid {uid}, {record.container_id})")
         more = f" and {len(new) - 3} more" if len(new) > 3 else ""
         self.log.warning(

@@ -69,10 +69,11 @@ class Known:
 
 @dataclass(frozen=True)
 class _Seen:
-    """What the index knows of one record file, valid while the file's signature is unchanged."""
+    """What the index keeps of one record file, valid while the file's signature is unchanged:
+    whose it is, not what it says (10,000 stale records parsed cost 26 MiB; this, a tenth)."""
 
     signature: tuple[int, int, int]  # inode, size, mtime
-    known: Known | None
+    uid: str | None  # the Pod's, when the record has device-info to give
     problem: str | None  # why the file is not used, when it is odd
 
 
@@ -85,7 +86,11 @@ class RecordIndex:
         self.data_dir = data_dir
         self._seen: dict[str, _Seen] = {}  # by path
         self._by_folder: dict[str, set[str]] = {}  # container ID -> paths of its records seen
-        self._by_uid: dict[str, dict[str, Known]] = {}  # Pod UID -> path -> its record
+        self._by_uid: dict[str, set[str]] = {}  # Pod UID -> paths of its records
+        # The records parsed, kept only for Pods asked about (for_pod) until forget_pod: the
+        # node's Pods, not the records of Pods long gone.
+        self._live: set[str] = set()
+        self._known: dict[str, Known] = {}  # by path
         self._inotify: Inotify | None = None
         self._watch = watch
         self._root_wd: int | None = None
@@ -243,14 +248,16 @@ class RecordIndex:
         seen = self._seen.get(path)
         if seen is not None and seen.signature == signature:
             return
-        seen = self._read(path, st, signature)
+        seen, known = self._read(path, st, signature)
         if seen.problem is not None:
             problems.append(f"{path}: {seen.problem}")
         self._drop(container_id, path)
         self._seen[path] = seen
         self._by_folder.setdefault(container_id, set()).add(path)
-        if seen.known is not None:
-            self._by_uid.setdefault(seen.known.record.pod_uid or "", {})[path] = seen.known
+        if seen.uid is not None:
+            self._by_uid.setdefault(seen.uid, set()).add(path)
+            if known is not None and seen.uid in self._live:
+                self._known[path] = known
 
     def _drop(self, container_id: str, path: str) -> None:
         seen = self._seen.pop(path, None)
@@ -259,40 +266,65 @@ class RecordIndex:
             paths.discard(path)
             if not paths:
                 del self._by_folder[container_id]
-        if seen is not None and seen.known is not None:
-            uid = seen.known.record.pod_uid or ""
-            mine = self._by_uid.get(uid, {})
-            mine.pop(path, None)
+        self._known.pop(path, None)
+        if seen is not None and seen.uid is not None:
+            mine = self._by_uid.get(seen.uid, set())
+            mine.discard(path)
             if not mine:
-                self._by_uid.pop(uid, None)
+                self._by_uid.pop(seen.uid, None)
 
-    def _read(self, path: str, st: os.stat_result, signature: tuple[int, int, int]) -> _Seen:
+    def _read(self, path: str, st: os.stat_result, signature: tuple[int, int, int]) -> tuple[_Seen, Known | None]:
         if not stat.S_ISREG(st.st_mode):
-            return _Seen(signature, None, "not a regular file; ignored")
+            return _Seen(signature, None, "not a regular file; ignored"), None
         if st.st_size > MAX_RECORD_BYTES:
-            return _Seen(signature, None, f"{st.st_size} bytes, more than a record's {MAX_RECORD_BYTES}; ignored")
+            return _Seen(signature, None, f"{st.st_size} bytes, more than a record's {MAX_RECORD_BYTES}; ignored"), None
         try:
             raw = files.read_json(path, MAX_RECORD_BYTES)
         except files.NotJson as exc:  # TooLarge too: it grew since the lstat
-            return _Seen(signature, None, f"{str(exc).removeprefix(f'{path} ')}; ignored")
+            return _Seen(signature, None, f"{str(exc).removeprefix(f'{path} ')}; ignored"), None
         except CniError as exc:  # it became a symlink or a FIFO since the lstat
-            return _Seen(signature, None, f"{exc.msg}; ignored")
+            return _Seen(signature, None, f"{exc.msg}; ignored"), None
         if raw is None:  # removed since the lstat
-            return _Seen(signature, None, None)
+            return _Seen(signature, None, None), None
         record = record_from(raw)
         if record is None:
-            return _Seen(signature, None, "JSON, but not a record of deviceid-inject (edited?); ignored")
+            return _Seen(signature, None, "JSON, but not a record of deviceid-inject (edited?); ignored"), None
         if not record.pod_uid or record.device_info is None:
-            return _Seen(signature, None, None)  # not ours to give: cnitool's, required: false, ...
+            return _Seen(signature, None, None), None  # not ours to give: cnitool's, required: false, ...
         wrong = _unusable(record.device_info)
         if wrong is not None:
-            return _Seen(signature, None, f"its device-info {wrong}; ignored")
-        return _Seen(signature, Known(record, st.st_mtime_ns), None)
+            return _Seen(signature, None, f"its device-info {wrong}; ignored"), None
+        return _Seen(signature, record.pod_uid, None), Known(record, st.st_mtime_ns)
 
     # --- reading ----------------------------------------------------------------------------------------
 
-    def for_pod(self, uid: str) -> list[Known]:
-        return sorted(self._by_uid.get(uid, {}).values(), key=lambda k: (k.record.container_id, k.record.ifname))
+    def for_pod(self, uid: str, keep: bool = True) -> list[Known]:
+        """The Pod's records with device-info to give; with `keep`, kept parsed until forget_pod."""
+        if keep:
+            self._live.add(uid)
+        found = []
+        for path in sorted(self._by_uid.get(uid, ())):
+            known = self._known.get(path) or self._load(path)
+            if known is not None:
+                found.append(known)
+                if keep:
+                    self._known[path] = known
+        return found
+
+    def _load(self, path: str) -> Known | None:
+        """One record read again (the index keeps whose it is, not what it says)."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None  # gone since: the next refresh forgets it
+        _, known = self._read(path, st, (st.st_ino, st.st_size, st.st_mtime_ns))
+        return known
+
+    def forget_pod(self, uid: str) -> None:
+        """The Pod is gone from the node: its records are no longer kept parsed."""
+        self._live.discard(uid)
+        for path in self._by_uid.get(uid, ()):
+            self._known.pop(path, None)
 
     def pod_uids(self) -> set[str]:
         return set(self._by_uid)
