@@ -1,6 +1,6 @@
 """The network-status bridge on the test bed: how soon device-info follows Multus, and what the agent costs.
 
-    sudo .venv/bin/python benchmarks/bridge_bench.py [--quick] [--exe dist/deviceid-inject] [--out FILE]
+    sudo .venv/bin/python benchmarks/bridge_bench.py [--quick] [--exe dist/deviceid-inject] [--stale N] [--out FILE]
 
 One run, one implementation: `--exe PATH` (the binary, which is then also the plugin in the
 NADs' chains), else `.venv/bin/python -m deviceid_inject`. On a scratch etcd + kube-apiserver
@@ -8,7 +8,8 @@ NADs' chains), else `.venv/bin/python -m deviceid_inject`. On a scratch etcd + k
 its own node-bound token at --log-level info, and real Multus v4.0.2 attaches N Pods (100, or 20
 with --quick) a few at a time, each through a NAD of its own [host-device, deviceid-inject naming
 its own VF of the vf-iavf fixture]; Multus writes network-status without device-info, the agent
-adds it.
+adds it. `--stale N` first leaves N records of Pods that are not on the node (a node that lost
+DELs) in the data dir: run with and without it side by side to see what they cost the agent.
 
 - Latency: from Multus's ADD returning (monotonic, in the thread that ran it) to the moment a
   WATCH of the namespace's Pods, open the whole time in a thread of this script, shows the entry
@@ -52,13 +53,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "testdata"))
 
-from bridge import BridgeProcess, agent_api, device_info, install  # noqa: E402
+from bridge import BridgeProcess, agent_api, device_info, install, record  # noqa: E402
 from helpers import CNI_BIN, VFS, have_cni_tools  # noqa: E402
 from kube import Api, ApiServer, missing_tools, network_status  # noqa: E402
 from multus import NODE, Scene, host_device, multus_binary  # noqa: E402
 from tools import FIELD_MULTUS  # noqa: E402
 
 from deviceid_inject.bridge.main import DEFAULT_RESYNC  # noqa: E402
+from deviceid_inject.state import Store  # noqa: E402
 
 MULTUS = FIELD_MULTUS
 LATENCY = "deviceid_inject_bridge_patch_latency_seconds"
@@ -294,6 +296,20 @@ def attach(scene: Scene, i: int) -> Attached:
     return Attached(name, vf, returned - start, returned)
 
 
+def stale_records(data_dir: Path, count: int) -> int:
+    """`count` records of Pods that are not on the node (a node that lost DELs), each in a
+    container folder of its own, as ADD leaves them; the size of one, in bytes."""
+    store = Store(str(data_dir))
+    for i in range(count):
+        uid = str(uuid.UUID(int=i + 1))
+        vf = VFS[i % len(VFS)]
+        store.save(
+            record(f"{i:064x}", network=f"n6-gone-{i}", pci_address=vf, device_info_file=None, created_file=False,
+                   pod_namespace="gone", pod_name=f"upf-gone-{i:05d}", pod_uid=uid, device_info=device_info(vf))
+        )  # fmt: skip
+    return os.path.getsize(store.path(f"{0:064x}", "net1")) if count else 0
+
+
 def idle(seconds: float) -> None:
     time.sleep(seconds)
 
@@ -338,6 +354,8 @@ def run(args: argparse.Namespace) -> str:
         plugins = plugin_folder(scratch, impl)
         scene = Scene.create(admin, scratch, plugins, made.make_veth, made.make_netns, f"bench-{uuid.uuid4().hex[:8]}")
         ns = scene.ns
+
+        stale_size = stale_records(scene.data_dir, args.stale)
 
         # BridgeProcess passes --log-level debug last; this exec wrapper puts info after it (the last
         # one wins) and keeps the PID: sh execs the implementation, whose launcher execs the program.
@@ -388,7 +406,8 @@ def run(args: argparse.Namespace) -> str:
 
         lines = [
             f"Bridge: `{label}` (measured process {exe}), Multus {MULTUS}, {args.pods} Pods attached "
-            f"{args.parallel} at a time, --resync {args.resync:g}, --log-level info; "
+            f"{args.parallel} at a time, {args.stale} stale records of {stale_size} bytes in the data dir, "
+            f"--resync {args.resync:g}, --log-level info; "
             f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.",
             "",
             "| measure | value |",
@@ -436,6 +455,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20 Pods: proves the benchmark runs (CI)")
     parser.add_argument("--pods", type=int, help="Pods to attach (default 100, quick 20)")
+    parser.add_argument(
+        "--stale", type=int, default=0, help="records of Pods not on the node in the data dir (default %(default)s)"
+    )
     parser.add_argument("--parallel", type=int, default=4, help="Multus ADDs at a time (default %(default)s)")
     parser.add_argument("--exe", help="the implementation: this executable (e.g. dist/deviceid-inject)")
     parser.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"))

@@ -24,12 +24,13 @@ from bridge import (
     copy_of_network_status,
     device_info,
     install,
+    manifests,
     networks_status_allowed,
     record,
     wait_for_policy,
 )
 from helpers import NET1_DEVICE_INFO, VFS, Impl, wait_for
-from kube import Api, ApiError, ApiServer, jwt_claims, network_status, service_account_token
+from kube import Api, ApiError, ApiServer, apply, jwt_claims, network_status, service_account_token
 from multus import NODE, Sandbox, Scene, host_device
 from tools import FIELD_MULTUS
 
@@ -463,6 +464,73 @@ def test_credentials_the_api_server_refuses_make_the_bridge_unready(kube: ApiSer
     why = agent.get("/readyz")[1]
     assert "the API server refuses our credentials: API error 401" in why, why
     assert agent.get("/healthz")[0] == 200  # alive: a restart would not give it a valid token
+
+
+def test_a_removed_rbac_binding_makes_the_bridge_unready_until_a_patch_goes_through(
+    kube: ApiServer, scene: Scene, start_bridge
+):
+    """Issue 23, point 4: with the bridge's ClusterRoleBinding removed every patch got 403 while
+    /readyz stayed 200 (the open watch still delivered). Now 503 from the first refused patch, and
+    200 again at the refused Pod's next attempt once the binding is back."""
+    agent = start_bridge()
+    admin = kube.api()
+    (binding,) = [d for d in manifests("bridge-rbac.yaml") if d["kind"] == "ClusterRoleBinding"]
+    path = f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{binding['metadata']['name']}"
+    admin.delete(path)
+    try:
+        raw = json.dumps([{"name": f"{scene.ns}/n6-x", "interface": "net1", "mac": "02:00:00:00:00:01"}])
+        with_status(scene, "refused", raw, VFS[3])
+        wait_for(lambda: agent.get("/readyz")[0] == 503, timeout=30, why="unready\n" + agent.log())
+        why = agent.get("/readyz")[1]
+        assert "the API server refuses our patches: API error 403" in why, why
+        assert device_info_of_pod(scene, "refused") is None
+    finally:
+        apply(admin, [binding])
+    refused_before = agent.metric("deviceid_inject_bridge_errors_total", '{kind="patch"}')
+    wait_for(lambda: agent.get("/readyz")[0] == 200, timeout=60, why="ready again\n" + agent.log())
+    wait_for(lambda: device_info_of_pod(scene, "refused") == device_info(VFS[3]), timeout=10, why=agent.log())
+    # Within one patch attempt: at most one more refusal (RBAC's cache catching up), then through.
+    assert agent.metric("deviceid_inject_bridge_errors_total", '{kind="patch"}') - refused_before <= 1
+
+
+def test_a_writer_fighting_the_bridge_gets_fewer_and_fewer_patches_and_other_pods_are_served(
+    scene: Scene, start_bridge
+):
+    """Issue 23, point 3: a writer that took our device-info out 1,702 times in 16 s got 524 patches
+    back. Now, for 15 s of a writer doing so every 50 ms, the bridge's patches to that Pod come
+    1, 2, 4, 8 s apart, and a Pod attached meanwhile gets device-info as it would without the fight."""
+    agent = start_bridge()
+    raw = json.dumps([{"name": f"{scene.ns}/n6-x", "interface": "net1", "mac": "02:00:00:00:00:01"}])
+    with_status(scene, "fought", raw, VFS[4])
+    wait_for(lambda: device_info_of_pod(scene, "fought") is not None, why=agent.log())
+    path = f"/api/v1/namespaces/{scene.ns}/pods/fought/status"
+    writer = scene.api  # another controller, with its own rights
+    before = agent.metric("deviceid_inject_bridge_patches_total")
+    stop = threading.Event()
+
+    def fight() -> None:
+        while not stop.wait(0.05):
+            writer.merge_patch(path, {"metadata": {"annotations": {NETWORK_STATUS: raw}}})
+
+    fighter = threading.Thread(target=fight, daemon=True)
+    fighter.start()
+    try:
+        time.sleep(5)
+        attach(scene, "calm", VFS[6])
+        wait_for(lambda: device_info_of(scene, "calm") == device_info(VFS[6]), timeout=10, why=agent.log())
+        time.sleep(10)
+    finally:
+        stop.set()
+        fighter.join(10)
+    patches = agent.metric("deviceid_inject_bridge_patches_total") - before - 1  # less the calm Pod's
+    assert patches <= 6, agent.log()  # 0, 1, 3, 7, 15 s: five (each write got one back before)
+    assert agent.metric("deviceid_inject_bridge_device_info_lost_total") >= 3
+    assert agent.log().count("lost our device-info again") == 1
+
+
+def device_info_of_pod(scene: Scene, name: str) -> dict[str, Any] | None:
+    entries = network_status(scene.read_pod(name)) or []
+    return next((e.get("device-info") for e in entries if e.get("interface") == "net1"), None)
 
 
 def _gone(scene: Scene, name: str) -> bool:

@@ -36,6 +36,34 @@ def test_an_entry_with_device_info_is_never_touched(key):
     assert with_device_info(raw, [Known(record(), 1)]) is None
 
 
+@pytest.mark.parametrize(
+    "members",
+    [
+        {"Device-Info": None},
+        {"device-info": None},
+        {"device-info": "0000:3b:02.3"},
+        {"DEVICE-INFO": []},
+        {"device-info": 1},
+        {"device-info": DEVICE_PLUGINS, "Device-Info": None},  # Go keeps the last: nil
+    ],
+    ids=["Null", "null", "string", "list", "number", "object-then-null"],
+)
+def test_device_info_that_is_not_an_object_is_no_device_info(members):
+    """Issue 23, point 7: `"Device-Info": null` counted as device-info present, so the Pod never got
+    ours; Go readers see none there. Ours is added after it, the member every reader keeps."""
+    raw = status(DEFAULT, {**N6, **members})
+    new = with_device_info(raw, [Known(record(), 1)])
+    kept = raw[: raw.rindex("}")].rstrip()
+    assert new is not None and new.startswith(kept)  # every byte of it kept
+    assert new[len(kept) :].lstrip(", \n").startswith('"device-info": {')  # ours, the last member
+    assert json.loads(new)[1]["device-info"] == VF
+
+
+def test_device_info_null_then_an_object_is_device_info():
+    raw = status(DEFAULT, {**N6, "Device-Info": None, "device-info": DEVICE_PLUGINS})
+    assert with_device_info(raw, [Known(record(), 1)]) is None
+
+
 @pytest.mark.parametrize("raw", [None, "", "[]", status(DEFAULT), status({**N6, "interface": "net2"}), "[1, [2]]"])
 def test_nothing_to_do_gives_none(raw):
     assert with_device_info(raw, [Known(record(), 1)]) is None

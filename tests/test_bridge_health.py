@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from deviceid_inject.bridge.health import Health
+from deviceid_inject.bridge.health import PATCH, Health
 
 
 def test_a_loop_that_stops_beating_is_named_once_stale():
@@ -34,4 +34,15 @@ def test_ready_needs_the_first_list_and_credentials_the_server_takes():
     health.refused("API error 401: Unauthorized")
     assert health.ready() == (False, "the API server refuses our credentials: API error 401: Unauthorized")
     health.accepted()
+    assert health.ready() == (True, "ok")
+
+
+def test_a_refused_patch_is_cleared_by_a_patch_that_goes_through_not_by_the_watch():
+    """Issue 23, point 4: the open watch kept answering while every patch got 403."""
+    health = Health(("watch",), 1.0)
+    health.synced.set()
+    health.refused("API error 403: forbidden", PATCH)
+    health.accepted()  # an event on the watch
+    assert health.ready() == (False, "the API server refuses our patches: API error 403: forbidden")
+    health.accepted(PATCH)
     assert health.ready() == (True, "ok")

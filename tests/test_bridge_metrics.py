@@ -9,7 +9,9 @@ import contextlib
 import json
 import socket
 import struct
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 from bridge import BridgeProcess
 from helpers import Impl
 
-from deviceid_inject.bridge.metrics import MAX_CONNECTIONS, READ_TIMEOUT
+from deviceid_inject.bridge.metrics import MAX_CONNECTIONS, REQUEST_DEADLINE
 
 
 @pytest.fixture
@@ -50,7 +52,7 @@ def threads(pid: int) -> int:
 
 
 def connect(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT + 10)
+    return socket.create_connection(("127.0.0.1", port), timeout=REQUEST_DEADLINE + 10)
 
 
 def test_it_answers_while_the_api_server_is_away(agent: BridgeProcess):
@@ -72,12 +74,12 @@ def test_idle_connections_are_capped_and_cost_no_thread_each(agent: BridgeProces
         assert threads(agent.proc.pid) <= before + MAX_CONNECTIONS
         took = time.monotonic() - started
     # Once they are gone the probes answer again, and the refusals were counted.
-    deadline = time.monotonic() + READ_TIMEOUT + 10
+    deadline = time.monotonic() + REQUEST_DEADLINE + 10
     while agent.get("/healthz")[0] != 200:
         assert time.monotonic() < deadline, "the server did not recover after its clients left"
         time.sleep(0.1)
     # Each slot is held by an idle client until its read times out, then serves the next one.
-    served_at_most = MAX_CONNECTIONS * (1 + int(took // READ_TIMEOUT) + 1)
+    served_at_most = MAX_CONNECTIONS * (1 + int(took // REQUEST_DEADLINE) + 1)
     assert agent.metric("deviceid_inject_bridge_http_refused_total") >= 400 - served_at_most
 
 
@@ -86,7 +88,7 @@ def test_an_idle_connection_is_closed_after_the_read_timeout(agent: BridgeProces
         idle.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
         started = time.monotonic()
         assert idle.recv(1024) == b""  # closed by the server, without an answer
-        assert time.monotonic() - started < READ_TIMEOUT + 5
+        assert time.monotonic() - started < REQUEST_DEADLINE + 5
     assert agent.get("/healthz")[0] == 200
 
 
@@ -101,3 +103,70 @@ def test_a_client_that_hangs_up_leaves_no_traceback(agent: BridgeProcess, reques
     log = agent.log()
     assert "Traceback" not in log, log
     assert [line for line in log.splitlines() if "API server:" not in line and "serving on" not in line] == [], log
+
+
+def trickle(port: int, stop: threading.Event, lifetimes: list[float]) -> None:
+    """A slowloris client: one byte of a never-ending request head a second, on one connection
+    after another; how long the server kept each one."""
+    while not stop.is_set():
+        with connect(port) as sock:
+            opened = time.monotonic()
+            try:
+                while not stop.is_set():
+                    sock.sendall(b"X")
+                    sock.settimeout(1.0)
+                    try:
+                        if sock.recv(1) == b"":
+                            break
+                    except socket.timeout:
+                        pass  # still open: another byte
+            except OSError:
+                pass  # reset by the server
+            if not stop.is_set():
+                lifetimes.append(time.monotonic() - opened)
+
+
+def idle_reconnecting(port: int, stop: threading.Event) -> None:
+    """16 idle connections, all closed and opened again every 4 s."""
+    while not stop.is_set():
+        with contextlib.ExitStack() as opened:
+            for _ in range(16):
+                opened.enter_context(connect(port))
+            stop.wait(4)
+
+
+def probe(port: int, path: str) -> int:
+    """One probe as the kubelet's: a fresh connection, 1 s for the answer (timeoutSeconds' default)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
+
+
+def test_slow_and_idle_clients_cannot_keep_a_probe_out(agent: BridgeProcess):
+    """Issue 23, point 2: 20 connections trickling a byte a second, and 16 idle ones opened
+    again every 4 s, held all 16 slots (a 5 s bound per read, not per request): 0 of 284 probes
+    answered. Now every probe is answered, and no trickling connection outlives the deadline."""
+    stop = threading.Event()
+    lifetimes: list[float] = []
+    clients = [threading.Thread(target=trickle, args=(agent.port, stop, lifetimes), daemon=True) for _ in range(20)]
+    clients.append(threading.Thread(target=idle_reconnecting, args=(agent.port, stop), daemon=True))
+    for client in clients:
+        client.start()
+    answers = []
+    try:
+        time.sleep(1)  # every client is in
+        until = time.monotonic() + 2 * REQUEST_DEADLINE + 2
+        while time.monotonic() < until:
+            answers.append(probe(agent.port, "/healthz"))
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(10)
+    assert len(answers) >= 30
+    assert answers == [200] * len(answers)
+    assert lifetimes and max(lifetimes) < REQUEST_DEADLINE + 1.5  # dropped at the deadline, not kept alive

@@ -3,7 +3,10 @@ changes, and every odd file costing only itself."""
 
 from __future__ import annotations
 
+import json
 import os
+import tracemalloc
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from bridge import OTHER_VF, UID, VF, record
 
 from deviceid_inject import files
 from deviceid_inject.bridge import records
+from deviceid_inject.bridge.inotify import IN_Q_OVERFLOW, Event
 from deviceid_inject.bridge.records import RecordIndex
 from deviceid_inject.state import Store
 
@@ -47,6 +51,69 @@ def test_index_follows_changes_and_removals(data_dir: Path):
     store.forget("sandbox1", "net1")
     index.refresh()
     assert index.for_pod(UID) == []
+
+
+def test_index_follows_every_kind_of_change_from_inotify_without_listing_again(data_dir: Path):
+    """Issue 23, point 1: after the first listing, only the kernel's events lead to files: a new
+    container folder, a second network in an existing one, a rewrite, a removal, a folder
+    removed and made again; the data dir is never listed again."""
+    store = Store(str(data_dir))
+    store.save(record("sandbox1"))
+    index = RecordIndex(str(data_dir))
+    index.refresh()
+    store.save(record("sandbox2", pod_uid="pod-2"))
+    store.save(record("sandbox1", ifname="net2", device_info=OTHER_VF))
+    index.refresh()
+    assert [(k.record.ifname, k.record.device_info) for k in index.for_pod(UID)] == [("net1", VF), ("net2", OTHER_VF)]
+    assert index.pod_uids() == {UID, "pod-2"}
+    store.save(record("sandbox1", ifname="net2"))
+    store.forget("sandbox2", "net1")
+    index.refresh()
+    assert [k.record.device_info for k in index.for_pod(UID)] == [VF, VF]
+    assert index.pod_uids() == {UID}
+    store.forget("sandbox1", "net1")
+    store.forget("sandbox1", "net2")  # the folder goes with its last record
+    store.save(record("sandbox1", device_info=OTHER_VF))  # and comes back
+    index.refresh()
+    assert [k.record.device_info for k in index.for_pod(UID)] == [OTHER_VF]
+    assert index.full_listings == 1
+    store.save(record("sandbox1"))
+    index.refresh()  # the folder made again is watched too
+    assert [k.record.device_info for k in index.for_pod(UID)] == [VF]
+
+
+def test_index_lists_everything_again_when_the_kernel_dropped_events(data_dir: Path, monkeypatch):
+    store = Store(str(data_dir))
+    index = RecordIndex(str(data_dir))
+    index.refresh()
+    store.save(record("sandbox1"))
+    assert index._inotify is not None
+    monkeypatch.setattr(index._inotify, "read", lambda: [Event(-1, IN_Q_OVERFLOW, "")])
+    index.refresh()
+    assert index.full_listings == 2
+    assert [k.record.container_id for k in index.for_pod(UID)] == ["sandbox1"]
+
+
+def test_records_of_pods_nobody_asked_about_are_not_kept_parsed(data_dir: Path):
+    """Issue 23, point 1: 10,000 stale records took the agent from 63 to 96 MiB (2.8 KiB each,
+    against the DaemonSet's 128 Mi). The index keeps whose each record is; the record itself
+    only for Pods asked about, until they are forgotten."""
+    store = Store(str(data_dir))
+    for i in range(2000):
+        store.save(record(f"{i:064x}", pod_uid=f"gone-{i:05d}", pod_name=f"upf-gone-{i:05d}"))
+    store.save(record("sandbox1"))
+    tracemalloc.start()
+    try:
+        index = RecordIndex(str(data_dir))
+        index.refresh()
+        per_record = tracemalloc.get_traced_memory()[0] / 2001
+    finally:
+        tracemalloc.stop()
+    assert per_record < 1600, per_record  # parsed and kept, each took 2,750 bytes
+    assert [k.record.device_info for k in index.for_pod(UID)] == [VF]
+    assert index.for_pod("gone-00007", keep=False)[0].record.pod_name == "upf-gone-00007"
+    index.forget_pod(UID)
+    assert [k.record.device_info for k in index.for_pod(UID)] == [VF]  # read again when asked again
 
 
 def test_index_of_a_missing_data_dir_is_empty(tmp_path: Path):
@@ -121,9 +188,46 @@ def test_a_record_read_is_bounded_even_when_the_file_grows_after_the_size_check(
     assert store.load("sandbox1", "net1", max_bytes=records.MAX_RECORD_BYTES) is None
 
 
-def test_a_record_whose_device_info_is_not_strict_json_is_not_used(data_dir: Path):
+UNUSABLE = {
+    "not JSON": lambda path: path.write_text('{"container_id": "sandbox1", '),
+    "nested 30,000 deep": lambda path: path.write_text("[" * 30000 + "]" * 30000),
+    "JSON, not a record": lambda path: path.write_text('{"hello": "world"}'),
+    "device-info 500 deep": lambda path: path.write_text(
+        json.dumps(asdict(record("sandbox1", device_info={}))).replace('"device_info": {}', deep(500))
+    ),
+    "device-info a list": lambda path: Store(str(path.parent.parent)).save(record("sandbox1", device_info=[])),
+    "device-info NaN": lambda path: Store(str(path.parent.parent)).save(
+        record("sandbox1", device_info={"type": "pci", "x": float("nan")})
+    ),
+}
+
+
+def deep(levels: int) -> str:
+    """device-info as JSON text nested `levels` deep (json.dumps would recurse as deep)."""
+    return '"device_info": ' + '{"pci": ' * (levels - 1) + '{"type": "pci"}' + "}" * (levels - 1)
+
+
+@pytest.mark.parametrize("how", sorted(UNUSABLE))
+def test_every_record_the_bridge_cannot_use_is_named_once(data_dir: Path, how: str):
+    """Issue 23, point 5: invalid JSON, a 30,000-deep record, device-info nested 500 deep were
+    ignored silently. Every record not used is named once, whatever the reason."""
     store = Store(str(data_dir))
-    store.save(record("sandbox1", device_info={"type": "pci", "x": float("nan")}))
+    store.save(record("sandbox2", pod_uid="good"))
+    store.save(record("sandbox1"))
+    UNUSABLE[how](Path(store.path("sandbox1", "net1")))
+    index = RecordIndex(str(data_dir))
+    (problem,) = index.refresh()
+    assert problem.startswith(f"{store.path('sandbox1', 'net1')}: ") and problem.endswith("; ignored")
+    assert index.for_pod(UID) == []
+    assert [k.record.container_id for k in index.for_pod("good")] == ["sandbox2"]
+    assert index.refresh() == []  # once, while it stays as it is
+
+
+def test_records_that_are_not_ours_to_give_are_skipped_silently(data_dir: Path):
+    """cnitool's (no Pod) and required: false without a device (no device-info) are no trouble."""
+    store = Store(str(data_dir))
+    store.save(record("sandbox1", pod_uid=None))
+    store.save(record("sandbox2", device_info=None, pci_address=None))
     index = RecordIndex(str(data_dir))
     assert index.refresh() == []
-    assert index.for_pod(UID) == []
+    assert index.pod_uids() == set()

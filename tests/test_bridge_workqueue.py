@@ -50,3 +50,19 @@ def test_get_waits_for_a_producer():
     threading.Timer(0.05, queue.add, args=("a",)).start()
     assert queue.get(5) == "a"
     assert queue.get(0.01) is None
+
+
+def test_a_key_held_back_is_due_after_its_delay_and_kept_once_however_often_it_is_held():
+    """The brake's queueing (issue 23, point 3): a Pod whose events keep coming while it waits
+    is one entry, due once."""
+    now = [0.0]
+    queue = WorkQueue(1.0, 60.0, clock=lambda: now[0])
+    for _ in range(1000):
+        queue.add_after("a", 8.0)
+    assert len(queue) == 1
+    now[0] = 7.9
+    assert queue.get(0) is None
+    now[0] = 8.0
+    assert [queue.get(0), queue.get(0)] == ["a", None]
+    queue.add_after("a", 1.0)  # held again once taken
+    assert len(queue) == 1

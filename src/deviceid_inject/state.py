@@ -83,7 +83,7 @@ class Store:
             raw = files.read_json(path, max_bytes)
         except files.NotJson:
             return None
-        return _record_from(raw)
+        return record_from(raw)
 
     def save(self, record: Record) -> None:
         path = self.path(record.container_id, record.ifname)
@@ -146,7 +146,7 @@ _TYPES = {f.name: _ADMITS[f.type] for f in fields(Record)}
 _REQUIRED = {f.name for f in fields(Record) if f.default is MISSING}  # fields added later have defaults
 
 
-def _record_from(raw: object) -> Record | None:
+def record_from(raw: object) -> Record | None:
     """A Record from what was on disk, or None when it is not one of ours (edited, truncated)."""
     if not isinstance(raw, dict) or not _REQUIRED <= set(raw) <= set(_TYPES):
         return None

@@ -37,7 +37,7 @@ from lightkube.types import PatchType, on_error_raise
 from ..annotations import NETWORK_STATUS, NETWORKS_STATUS
 from ..log import Log
 from .changes import Refused, changes
-from .health import Health
+from .health import PATCH, Health
 from .main import DEFAULT_RESYNC
 from .metrics import Metrics
 from .records import RecordIndex
@@ -57,16 +57,39 @@ class Settings:
     data_dir: str
     kubeconfig: str | None = None
     resync: float = DEFAULT_RESYNC
+    # The watch's retries while the API server is away: doubling from `backoff_initial`, at most
+    # `backoff_max`, each drawn between half and all of that (jitter: a cluster's agents do not
+    # come back in step). 5 s at most, so an agent is back within 10 s of the API server's return
+    # however long it was away (issue 23: capped at 30 s, a 70 s outage cost 21.3 s more).
     backoff_initial: float = 0.5
-    backoff_max: float = 30.0
+    backoff_max: float = 5.0
     # A Pod's own retries after a failure (the work queue's per-item backoff).
     retry_initial: float = 1.0
     retry_max: float = 300.0
     legacy_networks_status: bool = False
+    # The brake on a fight with another writer: a Pod that loses our device-info again within
+    # `brake_streak` seconds of our last patch waits `brake_initial`, doubled per loss, at most
+    # `brake_max`, before the next; a Pod that keeps it for `brake_streak` starts afresh.
+    brake_initial: float = 1.0
+    brake_max: float = 60.0
+    brake_streak: float = 120.0
+    # A record whose Pod has not been on this node for this long is stale (a lost DEL): counted in a
+    # metric and logged, never removed (the mount is read-only; the plugin's DEL and GC own records).
+    stale_records_after: float = 600.0
     # /healthz fails when a loop made no progress for this long: a quiet watch comes round every
     # WATCH_SECONDS (+ the read timeout's 30 s when its connection died), a Pod's work is bounded
     # by the client's timeouts.
     stale_after: float = 600.0
+
+
+@dataclass
+class Streak:
+    """A Pod whose network-status lost our device-info after we added it: how often in a row,
+    when we last patched it, and when the next patch may go."""
+
+    losses: int
+    patched: float
+    next_patch: float
 
 
 @dataclass
@@ -107,6 +130,11 @@ class Bridge:
     # Whether an event arrived since the index was last read: the plugin writes a record before
     # Multus writes network-status, so an index read after that event's arrival has the record.
     _index_stale: bool = True
+    # Pod UIDs with records here but no Pod on the node: since when (the clock's), and those reported.
+    _orphaned: dict[str, float] = field(default_factory=dict)
+    _reported_stale: set[str] = field(default_factory=set)
+    # Pods fighting another writer over our device-info (the brake), by UID; the worker's alone.
+    _streaks: dict[str, Streak] = field(default_factory=dict)
     # `pods`, `_since` and `_index_stale` are written by the watch thread and read by the worker.
     lock: threading.Lock = field(default_factory=threading.Lock)
     clock: Callable[[], float] = time.monotonic  # of liveness and the Pods' retries (tests pass their own)
@@ -212,7 +240,7 @@ class Bridge:
     def _back_off(self, stop: threading.Event, failures: int, why: str) -> None:
         self.metrics.errors.labels(kind="api").inc()
         delay = min(self.settings.backoff_max, self.settings.backoff_initial * 2 ** (failures - 1))
-        delay *= random.uniform(0.8, 1.2)
+        delay *= random.uniform(0.5, 1.0)
         self.log.warning(f"API server: {why}; retrying in {delay:.1f} s (failure {failures})")
         stop.wait(delay)
 
@@ -220,11 +248,11 @@ class Bridge:
 
     def work(self, stop: threading.Event) -> None:
         """Take Pods from the queue until `stop` is set; resync every `resync` seconds."""
-        next_resync = time.monotonic() + self.settings.resync
+        next_resync = time.monotonic()  # the first once synced: every record read at the start, not at an event
         while not stop.is_set():
             self.health.beat("worker")
             now = time.monotonic()
-            if now >= next_resync:
+            if now >= next_resync and self.health.synced.is_set():
                 next_resync = now + self.settings.resync
                 self.resync()
             self.step(timeout=min(IDLE_BEAT, self.settings.stale_after / 4, max(0.0, next_resync - now)))
@@ -240,6 +268,8 @@ class Bridge:
         if pod is None:  # deleted
             self.queue.forget(uid)
             self._settled.pop(uid, None)
+            self._streaks.pop(uid, None)
+            self.index.forget_pod(uid)
             return uid
         try:
             self.reconcile(pod, seen=time.monotonic() if seen is None else seen)
@@ -267,8 +297,33 @@ class Bridge:
                 for uid, pod in self.pods.items()
                 if uid in with_records or (self.settings.legacy_networks_status and NETWORK_STATUS in _annotations(pod))
             ]
+            orphans = with_records - set(self.pods)
         for uid in due:
             self.queue.add(uid)
+        self._report_stale(orphans)
+
+    def _report_stale(self, orphans: set[str]) -> None:
+        """Count the records whose Pod has not been on this node for `stale_records_after`, and log
+        them once each (in one line per resync that finds new ones). Run by the resync, so its cost
+        (the records of Pods gone) is paid every `resync` seconds, never per event."""
+        now = self.clock()
+        self._orphaned = {uid: self._orphaned.get(uid, now) for uid in orphans}
+        stale = {uid for uid, since in self._orphaned.items() if now - since >= self.settings.stale_records_after}
+        self.metrics.stale_records.set(sum(self.index.count(uid) for uid in stale))
+        new = sorted(stale - self._reported_stale)
+        self._reported_stale = stale
+        if not new:
+            return
+        examples = []
+        for uid in new[:3]:
+            record = self.index.for_pod(uid, keep=False)[0].record
+            examples.append(f"{record.pod_namespace}/{record.pod_name} (uid {uid}, {record.container_id})")
+        more = f" and {len(new) - 3} more" if len(new) > 3 else ""
+        self.log.warning(
+            f"records: {len(new)} more Pods have records here but have not been on this node for "
+            f"{self.settings.stale_records_after:g} s: {', '.join(examples)}{more}; {len(stale)} such Pods in all. "
+            "Kept: the plugin's DEL or GC removes records (a lost DEL leaves them)"
+        )
 
     def _refresh(self, only_if_stale: bool = False) -> None:
         """Read the records again (with `only_if_stale`, only if an event arrived since the last read)."""
@@ -310,6 +365,8 @@ class Bridge:
             if not wanted:
                 self._settled[key.uid] = settled
                 return False
+            if NETWORK_STATUS in wanted and self._braked(key):
+                return False
             try:
                 written = self._patch_all(key, pod, wanted)
             except ApiError as err:
@@ -323,8 +380,13 @@ class Bridge:
                     self.log.info(f"{key.namespace}/{key.name} is gone; nothing to patch")
                     return False
                 self.metrics.errors.labels(kind="patch").inc()
+                if _credentials_refused(err):
+                    self.health.refused(_describe(err), PATCH)
                 raise
+            if NETWORK_STATUS in written:
+                self._count_loss(key)
             if written:
+                self.health.accepted(PATCH)
                 self.metrics.patches.inc()
                 self.metrics.latency.observe(time.monotonic() - seen)
                 done = ["added device-info"] if NETWORK_STATUS in written else []
@@ -336,6 +398,41 @@ class Bridge:
         self.metrics.errors.labels(kind="conflict-retries").inc()
         self.log.warning(f"{key}: still conflicting after {PATCH_ATTEMPTS} attempts")
         return False
+
+    def _braked(self, key: PodKey) -> bool:
+        """Whether the Pod must wait before we add device-info again; if so it is queued for then."""
+        streak = self._streaks.get(key.uid)
+        if streak is None:
+            return False
+        wait = streak.next_patch - self.clock()
+        if wait <= 0:
+            return False
+        self.metrics.braked.inc()
+        self.queue.add_after(key.uid, wait)
+        return True
+
+    def _count_loss(self, key: PodKey) -> None:
+        """We just added device-info. If we had added it shortly before, someone took it out
+        again: the next time waits longer (a fight with another writer must not load the API
+        server for ever). Logged once per streak."""
+        now = self.clock()
+        streak = self._streaks.get(key.uid)
+        if streak is None or now - streak.patched > self.settings.brake_streak:
+            self._streaks[key.uid] = Streak(0, now, now)  # the first patch, or one after a calm
+            return
+        since = now - streak.patched
+        streak.losses += 1
+        streak.patched = now
+        delay = min(self.settings.brake_max, self.settings.brake_initial * 2 ** (streak.losses - 1))
+        streak.next_patch = now + delay
+        self.metrics.lost.inc()
+        if streak.losses == 1:
+            self.log.warning(
+                f"{key}: network-status lost our device-info again {since:.1f} s after we added it; "
+                f"another writer may be rewriting it: until it keeps device-info for {self.settings.brake_streak:g} s, "
+                f"each new patch waits longer ({self.settings.brake_initial:g} s, doubling, at most "
+                f"{self.settings.brake_max:g} s)"
+            )
 
     def _patch_all(self, key: PodKey, pod: Pod, wanted: dict[str, str]) -> dict[str, str]:
         """One patch of every annotation in `wanted`; returns those written. Where the API server
@@ -384,6 +481,15 @@ def _api_answer(err: Exception) -> tuple[int, str | None] | None:
     if isinstance(err, httpx.HTTPStatusError):  # the watch request's own answer
         return err.response.status_code, err.response.reason_phrase
     return None
+
+
+def _credentials_refused(err: ApiError) -> bool:
+    """A 401, or a 403 from authorization (RBAC), not from our admission policy: the policy
+    refuses one change of one Pod (its message names the ValidatingAdmissionPolicy), which says
+    nothing of the agent's readiness."""
+    if err.status.code == 401:
+        return True
+    return err.status.code == 403 and "ValidatingAdmissionPolicy" not in (err.status.message or "")
 
 
 def _describe(err: Exception) -> str:

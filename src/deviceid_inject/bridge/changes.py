@@ -49,9 +49,9 @@ def with_device_info(raw: str | None, known: Sequence[Known]) -> str | None:
     None when nothing would change. Every byte outside the members added stays as it was.
 
     An entry is ours when its `interface` is that of a record of the Pod. Entries that already
-    carry device-info (a device plugin's, the selection route's; under any ASCII case of the name,
-    which Go's decoder reads as the same field) and entries of no record are left
-    alone; so is an interface that two entries without device-info claim, unless the network one
+    carry device-info (a device plugin's, the selection route's: a JSON object under any ASCII
+    case of the name, which Go's decoder reads as the same field; `null` is none) and entries of
+    no record are left alone; so is an interface that two entries without device-info claim, unless the network one
     of them names is that of a record (a writer that confused them: never guess). Raises Refused
     when `raw` is not a JSON array, is nested deeper than MAX_DEPTH or is larger than
     ANNOTATIONS_LIMIT."""
@@ -66,7 +66,7 @@ def with_device_info(raw: str | None, known: Sequence[Known]) -> str | None:
     additions: list[tuple[Entry, dict[str, Any]]] = []
     for ifname in sorted({k.record.ifname for k in known}):
         claiming = [e for e in found if _text(e, "interface") == ifname]
-        if not claiming or any(e.has_folded(DEVICE_INFO) for e in claiming):
+        if not claiming or any(_has_device_info(raw, e) for e in claiming):
             continue
         if len(claiming) > 1:
             networks = {k.record.network for k in known if k.record.ifname == ifname}
@@ -83,6 +83,14 @@ def with_device_info(raw: str | None, known: Sequence[Known]) -> str | None:
     for entry, device_info in sorted(additions, key=lambda a: a[0].start, reverse=True):  # last first: offsets hold
         value = add_member(value, entry, DEVICE_INFO, device_info)
     return value
+
+
+def _has_device_info(raw: str, entry: Entry) -> bool:
+    """Whether a reader finds device-info in `entry`: the member Go's decoder keeps for the field
+    (the last under any ASCII case of its name) holds a JSON object. `null` or another type is
+    none (Go leaves the field nil, or fails on it): ours is added after it, and is the one kept."""
+    member = entry.get_folded(DEVICE_INFO)
+    return member is not None and raw[member.value_start] == "{"
 
 
 def _text(entry: Entry, key: str) -> str | None:

@@ -9,9 +9,12 @@ one call, stops beating: after `stale_after` seconds /healthz says so and the ku
 the agent. An API server that is away does not make the agent unhealthy (a restart would not
 bring it back), it only keeps it from being ready.
 
-Readiness: the first list of the node's Pods succeeded, and the API server's last answer to the
+Readiness: the first list of the node's Pods succeeded, the API server's last answer to the
 list or the watch was not a refusal of our credentials (401 or 403: an expired token, a removed
-binding). Both are the bridge's own business; the kubelet only reads them.
+binding), and its last answer to a patch was not one either (a binding of `patch` on pods/status
+removed while `watch` stays: issue 23 saw /readyz 200 for 217 s of refused patches). A patch
+refusal ends with the next patch that goes through, whatever the watch does meanwhile. All of
+it is the bridge's own business; the kubelet only reads it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from __future__ import annotations
 import threading
 import time
 from typing import Callable
+
+WATCH = "watch"  # the list and the watch
+PATCH = "patch"
 
 
 class Health:
@@ -29,7 +35,7 @@ class Health:
         self._beats = dict.fromkeys(loops, started)  # a loop gets `stale_after` to show its first progress
         self._lock = threading.Lock()
         self.synced = threading.Event()
-        self._refused: str | None = None
+        self._refused: dict[str, str] = {}  # by what was refused: WATCH, PATCH
 
     def beat(self, loop: str) -> None:
         now = self._clock()
@@ -47,21 +53,24 @@ class Health:
             return False, f"no progress for more than {self.stale_after:g} s: {', '.join(stale)}"
         return True, "ok"
 
-    def refused(self, why: str) -> None:
-        """The API server refused our credentials (401 or 403) on the list or the watch."""
+    def refused(self, why: str, what: str = WATCH) -> None:
+        """The API server refused our credentials or our RBAC (401 or 403) on `what`: WATCH (the
+        list or the watch) or PATCH."""
         with self._lock:
-            self._refused = why
+            self._refused[what] = why
 
-    def accepted(self) -> None:
-        """The API server answered the list or the watch."""
+    def accepted(self, what: str = WATCH) -> None:
+        """The API server answered the list or the watch (WATCH), or let a patch through (PATCH)."""
         with self._lock:
-            self._refused = None
+            self._refused.pop(what, None)
 
     def ready(self) -> tuple[bool, str]:
         with self._lock:
-            refused = self._refused
-        if refused is not None:
-            return False, f"the API server refuses our credentials: {refused}"
+            refused = dict(self._refused)
+        if WATCH in refused:
+            return False, f"the API server refuses our credentials: {refused[WATCH]}"
+        if PATCH in refused:
+            return False, f"the API server refuses our patches: {refused[PATCH]}"
         if not self.synced.is_set():
             return False, "not synced with the API server yet"
         return True, "ok"

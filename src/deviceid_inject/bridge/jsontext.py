@@ -58,12 +58,16 @@ class Entry:
                 return member
         return None
 
-    def has_folded(self, key: str) -> bool:
-        """Whether a member's name equals `key` but for ASCII case: what Go's encoding/json (so
-        Multus and every reader built on its NetworkStatus type) takes for the field `key` too.
-        (Go folds two non-ASCII letters as well, K and S; `key` here has neither.)"""
+    def get_folded(self, key: str) -> Member | None:
+        """The last member whose name equals `key` but for ASCII case: the one Go's encoding/json
+        (so Multus and every reader built on its NetworkStatus type) takes for the field `key`,
+        each later one overwriting what an earlier one set. (Go folds two non-ASCII letters as
+        well, K and S; `key` here has neither.)"""
         folded = key.lower()
-        return any(member.key.lower() == folded for member in self.members)
+        for member in reversed(self.members):
+            if member.key.lower() == folded:
+                return member
+        return None
 
 
 def entries(text: str, max_depth: int) -> list[Entry]:

@@ -2,24 +2,30 @@
 readiness on /readyz (health.py decides both), served by one small HTTP server.
 
 The server is reachable by whatever can reach its address, without authentication, so it holds
-nothing for a client: each connection gets a thread only while fewer than `max_connections` are
-open (others are closed at once and counted), a read waits at most `read_timeout` seconds, and a
+nothing for a client: a connection lives at most REQUEST_DEADLINE seconds from its accept to its
+answer, whatever it sends or does not (issue 23: a deadline per read let a client trickling a byte
+a second keep a thread for ever), costs a coroutine and no thread, and at MAX_CONNECTIONS open the
+oldest is closed for the newest, so slow or idle clients cannot starve the kubelet's probes. A
 client that hangs up mid-request or mid-answer is its own business, never a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http import HTTPStatus
+from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .health import Health
 
 PREFIX = "deviceid_inject_bridge"
-READ_TIMEOUT = 5.0
-MAX_CONNECTIONS = 16
+REQUEST_DEADLINE = 5.0  # a connection's whole life: its request head sent and the answer taken
+MAX_CONNECTIONS = 64  # open at once; the next closes the oldest
+MAX_REQUEST_BYTES = 8 * 1024  # a request head longer than this is not a probe's or a scraper's
+TEXT = "text/plain; charset=utf-8"
 
 
 class Metrics:
@@ -31,7 +37,7 @@ class Metrics:
         self.errors = Counter(
             f"{PREFIX}_errors",
             "failures by kind: api (list, watch), patch (refused by the API server), conflict-retries, "
-            "pod (anything else while looking at one Pod), record (an odd file in the data dir)",
+            "pod (anything else while looking at one Pod), record (a file in the data dir it cannot use)",
             ["kind"],
             registry=r,
         )
@@ -44,7 +50,22 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.lost = Counter(
+            f"{PREFIX}_device_info_lost",
+            "times a Pod's network-status lost the device-info we had added shortly before (another writer)",
+            registry=r,
+        )
+        self.braked = Counter(
+            f"{PREFIX}_braked",
+            "patches held back by the per-Pod brake on a fight with another writer",
+            registry=r,
+        )
         self.relists = Counter(f"{PREFIX}_relists", "lists after a watch's 410 Gone or a refusal", registry=r)
+        self.stale_records = Gauge(
+            f"{PREFIX}_stale_records",
+            "records in the data dir of Pods not on this node for a while (lost DELs; the plugin's GC removes them)",
+            registry=r,
+        )
         self.pods = Gauge(f"{PREFIX}_pods", "Pods on this node the watch knows of", registry=r)
         self.latency = Histogram(
             f"{PREFIX}_patch_latency_seconds",
@@ -53,73 +74,99 @@ class Metrics:
             registry=r,
         )
         self.http_refused = Counter(
-            f"{PREFIX}_http_refused", "connections to this server closed unanswered: too many open", registry=r
+            f"{PREFIX}_http_refused",
+            "connections closed unanswered for a newer one (too many open)",
+            registry=r,
         )
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a bound on the threads it starts and quiet about clients that leave."""
+class Server:
+    """The HTTP server: one asyncio loop in a daemon thread, a coroutine per connection, no thread.
 
-    daemon_threads = True
-    request_queue_size = 64  # a burst of clients is accepted (and refused) at once, not left in the kernel
+    Each connection gets `deadline` seconds in all to send a complete request head and take the
+    answer (one request per connection), however it trickles; at most `max_connections` are open,
+    and a new one closes the oldest (counted in http_refused). A probe sends its request at once
+    and is answered within milliseconds, so no pattern of slow or idle clients can keep it out:
+    they hold nothing longer than `deadline`, and the newest connection always gets in."""
 
-    def __init__(self, address: tuple[str, int], handler: type, max_connections: int, refused: Counter) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
+    def __init__(
+        self, address: tuple[str, int], answer: Callable[[str], tuple[int, bytes, str]], deadline: float,
+        max_connections: int, refused: Counter,
+    ) -> None:  # fmt: skip
+        self._answer = answer
+        self._deadline = deadline
+        self._max = max_connections
         self._refused = refused
-        super().__init__(address, handler)
+        self._open: dict[asyncio.StreamWriter, None] = {}  # in the order they came: the oldest first
+        self._sock = socket.create_server(address, backlog=128)  # an OSError here is the caller's
+        self.server_address = self._sock.getsockname()
+        self._loop = asyncio.new_event_loop()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._run, name="bridge-http", daemon=True).start()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self._refused.inc()
-            self.shutdown_request(request)
-            return
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, sock=self._sock, limit=MAX_REQUEST_BYTES)
+        )
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
+            self._loop.run_forever()
         finally:
-            self._slots.release()
+            server.close()
+            self._stopped.set()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a reset, a broken pipe or a timeout of one client's connection: nothing to report
+    def shutdown(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._stopped.wait(5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._open) >= self._max:
+            oldest = next(iter(self._open))
+            del self._open[oldest]
+            oldest.transport.abort()
+            self._refused.inc()
+        self._open[writer] = None
+        try:
+            await asyncio.wait_for(self._exchange(reader, writer), self._deadline)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, OSError):
+            pass  # too slow, too long, gone mid-request or mid-answer: its own business, never a traceback
+        finally:
+            self._open.pop(writer, None)
+            writer.transport.abort()
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        parts = head.split(b"\r\n", 1)[0].split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+            code, body, content_type = 400, b"bad request\n", TEXT
+        elif parts[0] != b"GET":
+            code, body, content_type = 405, b"only GET\n", TEXT
+        else:
+            code, body, content_type = self._answer(parts[1].decode("latin-1"))
+        reason = HTTPStatus(code).phrase
+        writer.write(
+            f"HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n".encode("latin-1")
+            + body
+        )
+        await writer.drain()
 
 
 def serve(
     address: tuple[str, int],
     metrics: Metrics,
     health: Health,
-    read_timeout: float = READ_TIMEOUT,
+    deadline: float = REQUEST_DEADLINE,
     max_connections: int = MAX_CONNECTIONS,
-) -> ThreadingHTTPServer:
+) -> Server:
     """Start the HTTP server in a daemon thread; returns it (server_address has the real port)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        timeout = read_timeout  # StreamRequestHandler puts it on the socket: every read waits at most this
+    def answer(path: str) -> tuple[int, bytes, str]:
+        if path == "/metrics":
+            return 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+        if path in ("/healthz", "/readyz"):
+            ok, why = health.alive() if path == "/healthz" else health.ready()
+            return 200 if ok else 503, f"{why}\n".encode(), TEXT
+        return 404, b"not found\n", TEXT
 
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                self._answer(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif self.path in ("/healthz", "/readyz"):
-                ok, why = health.alive() if self.path == "/healthz" else health.ready()
-                self._answer(200 if ok else 503, f"{why}\n".encode())
-            else:
-                self._answer(404, b"not found\n")
-
-        def _answer(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # scrapes every few seconds would drown the log
-
-    server = _Server(address, Handler, max_connections, metrics.http_refused)
-    threading.Thread(target=server.serve_forever, name="bridge-http", daemon=True).start()
-    return server
+    return Server(address, answer, deadline, max_connections, metrics.http_refused)

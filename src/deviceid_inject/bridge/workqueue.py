@@ -29,6 +29,7 @@ class WorkQueue:
         self._later: list[tuple[float, int, str]] = []  # (due, tie-breaker, key), a heap
         self._order = itertools.count()
         self._failures: dict[str, int] = {}
+        self._held: set[str] = set()  # keys in `_later` by add_after
         self._changed = threading.Condition()
 
     def add(self, key: str) -> None:
@@ -50,6 +51,16 @@ class WorkQueue:
             self._changed.notify()
         return delay
 
+    def add_after(self, key: str, delay: float) -> None:
+        """Look at `key` once `delay` seconds have passed (once, however often it is added
+        meanwhile: a Pod held back while its events keep coming costs one entry)."""
+        with self._changed:
+            if key in self._held:
+                return
+            self._held.add(key)
+            heapq.heappush(self._later, (self._clock() + delay, next(self._order), key))
+            self._changed.notify()
+
     def forget(self, key: str) -> None:
         """The work on `key` succeeded (or the key is gone): its next failure starts from `initial`."""
         with self._changed:
@@ -67,6 +78,7 @@ class WorkQueue:
                 now = self._clock()
                 while self._later and self._later[0][0] <= now:
                     key = heapq.heappop(self._later)[2]
+                    self._held.discard(key)
                     if key not in self._queued:
                         self._queued.add(key)
                         self._ready.append(key)
