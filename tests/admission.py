@@ -47,17 +47,14 @@ def opted_in(networks: Sequence[str]) -> str:
     return "[" + ", ".join(f"'{network}'" for network in networks) + "]"
 
 
-def overlay(folder: Path, networks: Sequence[str] | None, image: str = "") -> Path:
+def overlay(folder: Path, networks: Sequence[str] | None, base: dict[str, Any] | None = None) -> Path:
     """A user's overlay that opts in: the Component and its networks (None: the Component as shipped);
-    with `image`, also deploy/ itself with that image (as tests/cluster.py deploys it), else the
-    Component alone."""
+    with `base` (tests/cluster.py's deploy_kustomization for `folder`), also deploy/ itself as the
+    node has it, else the Component alone."""
     folder.mkdir(parents=True, exist_ok=True)
     kustomization: dict[str, Any] = {"components": [os.path.relpath(SELECTION_ROUTE, folder)]}
-    if image:
-        name, _, tag = image.rpartition(":")
-        kustomization["resources"] = [os.path.relpath(DEPLOY, folder)]
-        kustomization["images"] = [{"name": "ghcr.io/deviceid-inject/deviceid-inject", "newName": name, "newTag": tag}]
-    patches = []
+    kustomization.update(base or {})
+    patches = list(kustomization.get("patches", []))
     if networks is not None:
         patch = [
             {"op": "test", "path": "/spec/variables/0/name", "value": "optedIn"},

@@ -34,16 +34,32 @@ DEVICEID_INJECT = "/usr/local/bin/deviceid-inject"  # in the image
 # The one test seam in what the node runs: this machine has no SR-IOV NIC, so the field NAD's
 # sysfsRoot is the vf-iavf fixture, which the CNI server must see at its host path like every folder
 # it serves. Nothing else of deploy/ changes.
-FIXTURE_SYSFS_PATCH = f"""patches:
-- target: {{kind: DaemonSet, name: deviceid-inject}}
-  patch: |-
-    - op: add
-      path: /spec/template/spec/containers/1/volumeMounts/-
-      value: {{name: fixture-sysfs, mountPath: {SYSFS_IAVF}, readOnly: true}}
-    - op: add
-      path: /spec/template/spec/volumes/-
-      value: {{name: fixture-sysfs, hostPath: {{path: {SYSFS_IAVF}, type: Directory}}}}
-"""
+FIXTURE_SYSFS_PATCH = [
+    {
+        "op": "add",
+        "path": "/spec/template/spec/containers/1/volumeMounts/-",
+        "value": {"name": "fixture-sysfs", "mountPath": str(SYSFS_IAVF), "readOnly": True},
+    },
+    {
+        "op": "add",
+        "path": "/spec/template/spec/volumes/-",
+        "value": {"name": "fixture-sysfs", "hostPath": {"path": str(SYSFS_IAVF), "type": "Directory"}},
+    },
+]
+
+
+def deploy_kustomization(folder: Path, image: str) -> dict[str, Any]:
+    """The kustomization, in `folder`, of deploy/ as the tests apply it: the one line that sets the
+    image, and the fixture sysfs patch. Every overlay that brings deploy/ to the node starts here, or
+    applying it would take the fixture away from the CNI server."""
+    name, _, tag = image.rpartition(":")
+    return {
+        "resources": [os.path.relpath(DEPLOY, folder)],  # kustomize takes a base by relative path only
+        "images": [{"name": PUBLISHED_IMAGE, "newName": name, "newTag": tag}],
+        "patches": [
+            {"target": {"kind": "DaemonSet", "name": "deviceid-inject"}, "patch": json.dumps(FIXTURE_SYSFS_PATCH)}
+        ],
+    }
 
 
 def image_reference(archive: Path) -> str:
@@ -137,15 +153,11 @@ class Cluster:
             self.node.import_image(archive)
 
     def deploy_ours(self, image: str, timeout: float = 180) -> None:
-        """deploy/ exactly as a user applies it: `kubectl apply -k` of an overlay whose one line sets the image."""
-        name, _, tag = image.rpartition(":")
+        """deploy/ as a user applies it, `kubectl apply -k` of an overlay that sets the image, with the
+        fixture sysfs seam."""
         overlay = self.work / "overlay"
         overlay.mkdir(parents=True, exist_ok=True)
-        base = os.path.relpath(DEPLOY, overlay)  # kustomize takes a base by relative path only
-        (overlay / "kustomization.yaml").write_text(
-            f"resources: [{base}]\nimages: [{{name: {PUBLISHED_IMAGE}, newName: {name}, newTag: {tag}}}]\n"
-            + FIXTURE_SYSFS_PATCH
-        )
+        (overlay / "kustomization.yaml").write_text(json.dumps(deploy_kustomization(overlay, image), indent=2))
         self.ok("apply", "-k", str(overlay))
         self.image = image
         self.rollout("deviceid-inject", timeout)

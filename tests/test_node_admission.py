@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from admission import overlay, remove, selection_of, wait_rewrites
 from bridge import device_info
-from cluster import Cluster, entry, ready
+from cluster import Cluster, deploy_kustomization, entry, ready
 from harness import Service
 from helpers import PLACEHOLDER, TESTDATA, VFS
 from kube import Seen, Watch
@@ -62,7 +62,8 @@ def route_on(multus_node: Cluster, node_ns: str, tmp_path: Path) -> Iterator[Clu
     afterwards the bridge back and the policy's objects deleted."""
     cluster = multus_node
     networks = [f"{node_ns}/{network(i)}" for i in range(len(SHAPES))]
-    cluster.ok("apply", "-k", str(overlay(tmp_path / "overlay", networks, image=cluster.image)))
+    folder = tmp_path / "overlay"
+    cluster.ok("apply", "-k", str(overlay(folder, networks, deploy_kustomization(folder, cluster.image))))
     try:
         wait_rewrites(cluster.node.api(), node_ns, network(0))
         with cluster.bridge_off():
