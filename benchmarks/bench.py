@@ -14,10 +14,11 @@ deviceid-inject runs the real path (no fixture): the host's PCI-backed NIC seen 
 CNI_NETNS, with a config seen before (its validation cached). Then ADD through a fixture
 host with 8, 128 and 1024 VFs shows the cost against the number of VFs.
 
-Each process runs under /usr/bin/time (peak RSS %M, CPU %U + %S: what the runtime, or Multus's
-daemon container, is charged), with perf_counter around it for the wall time. The server's own CPU
-per call (its children's included) is read from its /proc/PID/stat over the measured rounds: the
-cost the server moves off the caller, not a cost it removes.
+Each process runs under /usr/bin/time (peak RSS %M) and is reaped with wait4 (CPU, user + system,
+its reaped children's included: what the runtime, or Multus's daemon container, is charged), with
+perf_counter around it for the wall time. The server's own CPU per call (its children's included) is
+read from its /proc/PID/stat over the measured rounds: the cost the server moves off the caller, not
+a cost it removes.
 Medians are printed as a Markdown table; no number is asserted anywhere.
 """
 
@@ -75,24 +76,26 @@ def measure(argv: list[str], env: dict[str, str], stdin: bytes) -> tuple[float, 
 
     The RSS comes from /usr/bin/time, not from this process's wait4: a child forked from this
     Python process is charged this process's resident pages until it execs, which would put a
-    floor of ~16 MiB under every reading. The wall time includes `time`'s own exec (~0.3 ms),
-    the same for every variant."""
-    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as rss:
+    floor of ~16 MiB under every reading. The CPU comes from wait4 on `time` (microseconds; the
+    kernel adds a reaped process's reaped descendants): `time` prints it in hundredths of a second,
+    too coarse for a Go plugin. Both include `time`'s own exec (~0.3 ms wall, a fraction of a
+    millisecond of CPU), the same for every variant."""
+    with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as rss:
+        given.write(stdin)
+        given.seek(0)
         start = time.perf_counter()
-        proc = subprocess.run(
-            [TIME, "-f", "%M %U %S", "-o", rss.name, *argv],
-            input=stdin,
-            stdout=out,
-            stderr=subprocess.DEVNULL,
-            env=env,
+        proc = subprocess.Popen(
+            [TIME, "-f", "%M", "-o", rss.name, *argv], stdin=given, stdout=out, stderr=subprocess.DEVNULL, env=env
         )
+        _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
         stdout = out.read()
-        peak, user, system = rss.read().split()[-3:]
+        peak = rss.read().split()[-1]
     if proc.returncode != 0:
         raise SystemExit(f"bench: {argv[0]} exited {proc.returncode}: {stdout.decode(errors='replace')}")
-    return wall, int(peak), float(user) + float(system), stdout
+    return wall, int(peak), usage.ru_utime + usage.ru_stime, stdout
 
 
 def ip(*args: str) -> None:
