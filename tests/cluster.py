@@ -230,16 +230,27 @@ class Cluster:
         self.made_links.clear()
 
     def field_nad(
-        self, namespace: str, name: str, device: str, vf: str | None = None, sriov_device_id: bool = True
+        self,
+        namespace: str,
+        name: str,
+        device: str,
+        vf: str | None = None,
+        sriov_device_id: bool = True,
+        with_plugin: bool = True,
     ) -> None:
         """The field's NAD (akshci-iov at 0.3.0 with capabilities deviceID, ips, CNIDeviceInfoFile, then
         deviceid-inject), host-device standing in for akshci-iov and moving `device` in as net1; the
         plugin reads the vf-iavf fixture (net1 is 0000:3b:02.3; `vf` names another of its VFs). On the
-        selection route the SR-IOV plugin must not declare deviceID (`sriov_device_id=False`)."""
+        selection route the SR-IOV plugin must not declare deviceID (`sriov_device_id=False`). Without
+        the plugin, the same chain with only its first plugin: what a node without us runs."""
         first = {"type": "host-device", "device": device, "capabilities": {"ips": True, "CNIDeviceInfoFile": True}}
         if sriov_device_id:
             first["capabilities"]["deviceID"] = True
         body = field_nad(name, first, data_dir=None, log_file=PLUGIN_LOG, device_id=vf, log_level="info")
+        if not with_plugin:
+            config = json.loads(body["spec"]["config"])
+            config["plugins"] = config["plugins"][:1]
+            body["spec"]["config"] = json.dumps(config)
         body["metadata"]["namespace"] = namespace
         self.apply(body)
 
