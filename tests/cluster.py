@@ -316,9 +316,15 @@ class Cluster:
         args = ["-n", "kube-system", "logs", pod["metadata"]["name"], "-c", "cni-server"]
         return self.ok(*args, *(["--previous"] if previous else []))
 
+    def served_add_ms(self, previous: bool = False) -> list[float]:
+        """How long each ADD the node's CNI server answered with success took it (from the call's
+        start to its answer), by its log."""
+        log = self.cni_server_log(previous)
+        return [float(ms) for ms in re.findall(r"served ADD \S+: exit 0 in ([0-9.]+) ms", log)]
+
     def served_adds(self, previous: bool = False) -> int:
         """The ADDs the node's CNI server answered with success, by its log."""
-        return len(re.findall(r"served ADD \S+: exit 0", self.cni_server_log(previous)))
+        return len(self.served_add_ms(previous))
 
     def plugin_log(self) -> str:
         path = self.node.host_path(PLUGIN_LOG)
