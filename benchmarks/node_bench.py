@@ -66,6 +66,18 @@ class Variant:
     multus_wrote: dict[str, float] = field(default_factory=dict)
     device_info: dict[str, float] = field(default_factory=dict)
     sandbox_returned: dict[str, float] = field(default_factory=dict)  # containerd's RunPodSandbox, after ADD
+    # Multus's daemon container over each wave (its Pods' ADDs and DELs): CPU, and time throttled by
+    # its CFS quota, in ns.
+    multus_cpu: list[int] = field(default_factory=list)
+    multus_throttled: list[int] = field(default_factory=list)
+
+
+def multus_usage(cluster: Cluster) -> tuple[int, int]:
+    """(CPU, throttled time) of Multus's daemon container so far, in ns, as its cgroups count them."""
+    (multus,) = cluster._pods("kube-system", "name=multus")
+    cpu = int((cluster.container_cgroup(multus, "kube-multus", "cpuacct") / "cpuacct.usage").read_text())
+    stat = (cluster.container_cgroup(multus, "kube-multus", "cpu") / "cpu.stat").read_text().split()
+    return cpu, int(stat[stat.index("throttled_time") + 1])
 
 
 VARIANTS = (
@@ -130,6 +142,7 @@ def wave(cluster: Cluster, ns: str, variant: Variant, index: int, watch: Watch) 
     if variant.admission:  # opt this wave's networks in (before, so its time is no Pod's)
         kube.apply(api, admission.policy_objects(cluster.work / "policy", [f"{ns}/n6-{n}" for n in names]))
         admission.wait_rewrites(api, ns, f"n6-{names[0]}")
+    cpu, throttled = multus_usage(cluster)
     uids = {}
     for name in names:
         variant.created[name] = time.monotonic()
@@ -159,6 +172,9 @@ def wave(cluster: Cluster, ns: str, variant: Variant, index: int, watch: Watch) 
     for name in names:
         api.delete(f"/api/v1/namespaces/{ns}/pods/{name}")
     cluster.node.wait(lambda: all(cluster.gone(ns, n) for n in names), 120, "the wave's Pods deleted")
+    cpu_after, throttled_after = multus_usage(cluster)
+    variant.multus_cpu.append(cpu_after - cpu)
+    variant.multus_throttled.append(throttled_after - throttled)
     cluster.remove_links()
 
 
@@ -223,6 +239,20 @@ def report(variants: tuple[Variant, ...], pods: int, multus: str, kube: str, ser
             f"The server's time per ADD it answered, from the call's start to its answer (median / p99): "
             f"{statistics.median(served):.0f} / {quantile(served, 0.99):.0f} ms."
         )
+    lines += [
+        "",
+        f"Multus's daemon container (which runs every delegate) per Pod, its ADD and DEL, median of the "
+        f"waves of {WAVE}: CPU / time throttled by its CFS quota.",
+        "",
+        "| variant | CPU | throttled |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {v.name} | {statistics.median(v.multus_cpu) / WAVE / 1e6:.0f} ms "
+        f"| {statistics.median(v.multus_throttled) / WAVE / 1e6:.0f} ms |"
+        for v in variants
+        if v.multus_cpu
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -316,6 +316,15 @@ class Cluster:
         args = ["-n", "kube-system", "logs", pod["metadata"]["name"], "-c", "cni-server"]
         return self.ok(*args, *(["--previous"] if previous else []))
 
+    def container_cgroup(self, pod: dict[str, Any], container: str, hierarchy: str = "memory") -> Path:
+        """The cgroup (v1, of `hierarchy`) the kubelet made for one container of `pod`, under the
+        node's cgroup root."""
+        (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == container]
+        container_id = status["containerID"].rpartition("/")[2]
+        top = Path("/sys/fs/cgroup") / hierarchy / self.node.cgroups.name
+        (folder,) = [p for p in top.rglob(f"pod{pod['metadata']['uid']}/{container_id}") if p.is_dir()]
+        return folder
+
     def served_add_ms(self, previous: bool = False) -> list[float]:
         """How long each ADD the node's CNI server answered with success took it (from the call's
         start to its answer), by its log."""

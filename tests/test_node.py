@@ -261,15 +261,6 @@ def test_the_bridge_survives_kubelet_and_containerd_restarts(on_node: Cluster, n
     assert (after["containerID"], after["restartCount"]) == (before["containerID"], before["restartCount"])
 
 
-def container_cgroup(cluster: Cluster, pod: dict[str, Any], container: str) -> Path:
-    """The memory cgroup the kubelet made for one container of `pod`, under the node's cgroup root."""
-    (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == container]
-    container_id = status["containerID"].rpartition("/")[2]
-    top = Path("/sys/fs/cgroup/memory") / cluster.node.cgroups.name
-    (usage,) = top.rglob(f"pod{pod['metadata']['uid']}/{container_id}/memory.usage_in_bytes")
-    return usage.parent
-
-
 def start_attach_only(cluster: Cluster, ns: str, names: list[str], with_plugin: bool = True) -> None:
     """Pods on the field's NAD, each with its own VF, no init container: only their ADDs matter."""
     for i, name in enumerate(names):
@@ -283,7 +274,7 @@ def burst_peak(cluster: Cluster, ns: str, names: list[str], with_plugin: bool) -
     the kubelet's, counts it), its limit, and the Pods once Ready. Fails if the daemon restarted."""
     (multus,) = cluster._pods("kube-system", "name=multus")
     restarts = multus["status"]["containerStatuses"][0]["restartCount"]
-    folder = container_cgroup(cluster, multus, "kube-multus")
+    folder = cluster.container_cgroup(multus, "kube-multus")
     (folder / "memory.max_usage_in_bytes").write_text("0")  # the peak from now on
     start_attach_only(cluster, ns, names, with_plugin)
     pods = [cluster.wait_ready(ns, name, timeout=180) for name in names]
@@ -456,7 +447,7 @@ def test_the_bridges_memory_as_the_kubelet_counts_it(on_node: Cluster):
     """The bridge container's memory cgroup, which the kubelet made under its cgroup root: its limit
     is the DaemonSet's, and what it counts (usage, the working set the kubelet evicts by, the peak)
     stays under it. Printed for the README."""
-    folder = container_cgroup(on_node, on_node.bridge_pod(), "bridge")
+    folder = on_node.container_cgroup(on_node.bridge_pod(), "bridge")
     limit = int((folder / "memory.limit_in_bytes").read_text())
     usage = int((folder / "memory.usage_in_bytes").read_text())
     peak = int((folder / "memory.max_usage_in_bytes").read_text())
