@@ -447,7 +447,9 @@ def run(args: argparse.Namespace) -> str:
 
 
 def interrupted(signum: int, frame: Any) -> None:
-    """SIGTERM ends the run through the same cleanup as Ctrl-C."""
+    """SIGTERM ends the run through the same cleanup as Ctrl-C. A second SIGTERM (`timeout` forwards
+    the one it got, `pkill` sends its own) is ignored: it cut the cleanup short, leaving 300 netns."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
