@@ -270,8 +270,8 @@ def start_attach_only(cluster: Cluster, ns: str, names: list[str], with_plugin: 
 
 
 def burst_peak(cluster: Cluster, ns: str, names: list[str], with_plugin: bool) -> tuple[int, int, list[dict[str, Any]]]:
-    """Ten Pods created at once: Multus's daemon container's peak memory meanwhile (as its cgroup,
-    the kubelet's, counts it), its limit, and the Pods once Ready. Fails if the daemon restarted."""
+    """The Pods `names` created at once: Multus's daemon container's peak memory meanwhile (as its
+    cgroup, the kubelet's, counts it), its limit, and the Pods once Ready. Fails if the daemon restarted."""
     (multus,) = cluster._pods("kube-system", "name=multus")
     restarts = multus["status"]["containerStatuses"][0]["restartCount"]
     folder = cluster.container_cgroup(multus, "kube-multus")
