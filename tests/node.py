@@ -581,7 +581,7 @@ class Node:
         found = {}
         for stamp, uid in SANDBOX_RETURNS.findall(self.services["containerd"].log()):
             whole, _, fraction = stamp.rstrip("Z").partition(".")
-            moment = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc)
+            moment = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.UTC)
             found[uid] = moment.timestamp() + float(f"0.{fraction or 0}")
         return found
 
