@@ -328,6 +328,9 @@ in_root "
   cd /build/$OUT
   /opt/venv/bin/python -m nuitka $(printf '%q ' "${FLAGS[@]}") --jobs=$(nproc) /build/src/$PKG
   test -x $FOLDER/$BIN
+  # The Python stage builds its extension modules and libraries with debug info (19 MiB of the 88
+  # here); Nuitka strips only its program. Stripped as Debian strips its own libraries.
+  find $FOLDER -type f -name '*.so*' -exec strip --strip-unneeded {} +
   gcc -O2 -Wall -o /build/$OUT/launcher /build/launcher.c
   /opt/python/bin/python3 /build/pack.py /build/$OUT/launcher $FOLDER $BUILD_ID /build/$OUT/$BIN
   bash /build/glibc-versions.sh /build/$OUT/launcher $FOLDER >/build/$OUT/glibc.txt"
