@@ -7,6 +7,11 @@
 #                                 and run it once with --version to unpack it into its cache
 #   ./build.sh hello              build .build/hello/deviceid-inject the same way from
 #                                 benchmarks/floor (stdin to stdout): the benchmark's floor
+#   ./build.sh prepare            steps 1 to 2b only (the roots, the Python, the venv): what
+#                                 `make test` runs at low priority beside the source suite
+#
+# One build.sh at a time per work tree (a lock in .build): a second one waits, then finds the
+# cached stages the first one made.
 #
 # How, in this order:
 #  1. A Debian bullseye root (glibc 2.31, gcc, patchelf; no Python) made with debootstrap under
@@ -57,6 +62,11 @@ BUILD=$REPO/.build
 ROOT=$BUILD/bullseye
 RUNTIME_ROOT=$BUILD/trixie
 DIST=$REPO/dist
+PREPARE=0
+if [ "${1:-}" = prepare ]; then
+  PREPARE=1
+  shift
+fi
 if [ "${1:-}" = hello ]; then # the same pipeline for the benchmark's floor program
   PKG=floor
   SRC=benchmarks
@@ -111,8 +121,14 @@ if [ "${1:-}" = install ]; then
   install_binary "${2:-}"
   exit 0
 fi
-[ $# -eq 0 ] || die "usage: ./build.sh | ./build.sh install [DESTDIR] | ./build.sh hello"
+[ $# -eq 0 ] || die "usage: ./build.sh | ./build.sh install [DESTDIR] | ./build.sh hello | ./build.sh prepare"
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mount)"
+mkdir -p "$BUILD"
+exec 9>"$BUILD/.lock"
+if ! flock -n 9; then
+  log "waiting for another build.sh in this tree"
+  flock 9
+fi
 
 # ---------------------------------------------------------------- 1. the bullseye root (cached)
 if ! command -v debootstrap >/dev/null; then
@@ -245,6 +261,10 @@ if [ "$PKG" = deviceid_inject ] && [ ! -f "$RUNTIME_ROOT/.minbase-ok" ]; then
   }
   rm -f "$RUNTIME_ROOT"/var/cache/apt/archives/*.deb
   touch "$RUNTIME_ROOT/.minbase-ok"
+fi
+if [ "$PREPARE" = 1 ]; then
+  log "prepared: the roots, Python $PYTHON_VERSION, the venv (Nuitka $NUITKA)"
+  exit 0
 fi
 
 # ---------------------------------------------------------------- 3. the sources, the build id
