@@ -7,12 +7,23 @@
 #                                 and run it once with --version to unpack it into its cache
 #   ./build.sh hello              build .build/hello/deviceid-inject the same way from
 #                                 benchmarks/floor (stdin to stdout): the benchmark's floor
+#   ./build.sh prepare            steps 1 to 2b only (the roots, the Python, the venv): what
+#                                 `make test` runs at low priority beside the source suite
+#
+# One build.sh at a time per work tree (a lock in .build): a second one waits, then finds the
+# cached stages the first one made.
 #
 # How, in this order:
-#  1. A Debian bullseye root (glibc 2.31, python3.9, gcc, patchelf) made with debootstrap under
+#  1. A Debian bullseye root (glibc 2.31, gcc, patchelf; no Python) made with debootstrap under
 #     .build/bullseye, cached: a marker file per stage, so a re-run skips what is done.
-#  2. A venv in that root with packaging/requirements-build.txt (Nuitka and the runtime
-#     dependencies, every package pinned), re-made only when that file changes.
+#  1b. The Python the binary embeds, built in that root from Debian 13 (trixie) source packages
+#     (packaging/python-sources.txt: CPython 3.13 with Debian's security patches, OpenSSL 3.5,
+#     sqlite, libffi, zlib; packaging/build-python.sh) into /opt/python: built against glibc 2.31,
+#     so it needs no newer one, from sources Debian supports. The sources come with `apt-get source`
+#     through an apt configuration of its own under .build/apt-src (the host's lists stay
+#     untouched). Re-built only when those two files or the root's packages change.
+#  2. A venv in that root, from that Python, with packaging/requirements-build.txt (Nuitka and the
+#     runtime dependencies, every package pinned), re-made only when that file or the Python changes.
 #  3. src/deviceid_inject copied to a build folder in the root (the repo is never written to),
 #     plus a generated _build.py (COMMIT, DATE, NUITKA, GLIBC) that `--version` prints.
 #  4. Nuitka --mode=standalone (a folder with the program and its libraries, patched by
@@ -33,11 +44,13 @@
 # `unshare --mount` (a private mount namespace that dies with the process), with a trap that
 # unmounts too: nothing stays mounted on the host, even when the build fails or is killed.
 #
-# env: MIRROR=http://deb.debian.org/debian   the bullseye mirror
+# env: MIRROR=http://deb.debian.org/debian   the bullseye mirror, and trixie's for the sources
+#      SECURITY_MIRROR=http://deb.debian.org/debian-security   trixie-security's sources
+#      KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg    signs trixie's Sources (host file)
 #      GLIBC_MAX=2.31                        fail when the floor is higher
 #      LTO=no|yes                            yes: smaller code, a much slower link on 2 cores
 #      FORCE=1                               rebuild even when dist/ is up to date
-#      REBUILD_ROOT=1                        throw the cached bullseye root away first
+#      REBUILD_ROOT=1                        throw the cached roots away first
 set -euo pipefail
 
 REPO=$(dirname "$(realpath "${BASH_SOURCE[0]}")")
@@ -47,7 +60,13 @@ SRC=src
 BIN=deviceid-inject
 BUILD=$REPO/.build
 ROOT=$BUILD/bullseye
+RUNTIME_ROOT=$BUILD/trixie
 DIST=$REPO/dist
+PREPARE=0
+if [ "${1:-}" = prepare ]; then
+  PREPARE=1
+  shift
+fi
 if [ "${1:-}" = hello ]; then # the same pipeline for the benchmark's floor program
   PKG=floor
   SRC=benchmarks
@@ -58,8 +77,13 @@ OUT=out-$PKG
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 GLIBC_MAX=${GLIBC_MAX:-2.31}
 LTO=${LTO:-no}
-APT_PKGS=python3,python3-venv,python3-dev,gcc,libc6-dev,make,patchelf,ccache,binutils,ca-certificates
+# perl and tcl run the OpenSSL and sqlite builds, dpkg-dev unpacks Debian source packages,
+# autoconf, automake and libtool make libffi's configure (Debian's source has none)
+APT_PKGS=gcc,libc6-dev,make,patchelf,ccache,binutils,ca-certificates,perl,pkg-config,tcl,dpkg-dev,autoconf,automake,libtool
 REQUIREMENTS=packaging/requirements-build.txt
+PY_SOURCES=packaging/python-sources.txt
+SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+KEYRING=${KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}
 HOST_CA=${HOST_CA:-${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}}
 
 t0=$(date +%s)
@@ -97,8 +121,14 @@ if [ "${1:-}" = install ]; then
   install_binary "${2:-}"
   exit 0
 fi
-[ $# -eq 0 ] || die "usage: ./build.sh | ./build.sh install [DESTDIR] | ./build.sh hello"
+[ $# -eq 0 ] || die "usage: ./build.sh | ./build.sh install [DESTDIR] | ./build.sh hello | ./build.sh prepare"
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mount)"
+mkdir -p "$BUILD"
+exec 9>"$BUILD/.lock"
+if ! flock -n 9; then
+  log "waiting for another build.sh in this tree"
+  flock 9
+fi
 
 # ---------------------------------------------------------------- 1. the bullseye root (cached)
 if ! command -v debootstrap >/dev/null; then
@@ -108,7 +138,7 @@ if ! command -v debootstrap >/dev/null; then
 fi
 if [ "${REBUILD_ROOT:-0}" = 1 ]; then
   log "REBUILD_ROOT=1: removing $ROOT"
-  rm -rf --one-file-system "$ROOT"
+  rm -rf --one-file-system "$ROOT" "$RUNTIME_ROOT"
 fi
 if [ ! -f "$ROOT/.stage1-ok" ]; then
   log "debootstrap bullseye -> $ROOT ($MIRROR)"
@@ -171,15 +201,44 @@ chroot "$ROOT" dpkg-query -W -f '${Package}=${Version}\n' >"$BUILD/dpkg.txt"
 GLIBC=$(sed -n 's/^libc6=\([0-9]*\.[0-9]*\).*/\1/p' "$BUILD/dpkg.txt")
 [ -n "$GLIBC" ] || die "cannot tell the root's glibc version"
 
+# ---------------------------------------------------------------- 1b. the Python (cached)
+PY_KEY=$(cat "$PY_SOURCES" packaging/build-python.sh "$BUILD/dpkg.txt" | sha256sum | cut -c1-16)
+if [ "$(cat "$ROOT/.stage-python-key" 2>/dev/null)" != "$PY_KEY" ]; then
+  log "the Python: apt-get source $(grep -v '^#' "$PY_SOURCES" | tr '\n' ' ')"
+  rm -f "$ROOT/.stage-python-key"
+  [ -f "$KEYRING" ] || die "no $KEYRING (apt-get install debian-archive-keyring, or set KEYRING)"
+  APT_SRC=$BUILD/apt-src
+  rm -rf "$APT_SRC" "$ROOT/tmp/src"
+  mkdir -p "$APT_SRC/lists/partial" "$APT_SRC/cache/archives/partial" "$ROOT/tmp/src"
+  printf 'deb-src [signed-by=%s] %s trixie main\ndeb-src [signed-by=%s] %s trixie-security main\n' \
+    "$KEYRING" "$MIRROR" "$KEYRING" "$SECURITY_MIRROR" >"$APT_SRC/sources.list"
+  APT_OPTS=(-o "Dir::Etc::SourceList=$APT_SRC/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$APT_SRC/lists" -o "Dir::Cache=$APT_SRC/cache" -o Dir::State::status=/dev/null
+    -o APT::Sandbox::User=root)
+  apt-get "${APT_OPTS[@]}" update -qq
+  # shellcheck disable=SC2046 # one word per source=version line
+  (cd "$ROOT/tmp/src" && apt-get "${APT_OPTS[@]}" source -qq --download-only $(grep -v '^#' "$REPO/$PY_SOURCES")) \
+    >"$BUILD/apt-source.log" 2>&1 || {
+    cat "$BUILD/apt-source.log" >&2
+    die "apt-get source failed"
+  }
+  cp packaging/build-python.sh "$ROOT/tmp/build-python.sh"
+  log "the Python: building in the root (packaging/build-python.sh, once per version set)"
+  in_root "bash /tmp/build-python.sh /tmp/src"
+  rm -rf "$ROOT/tmp/src" "$ROOT/tmp/build-python.sh"
+  echo "$PY_KEY" >"$ROOT/.stage-python-key"
+fi
+PYTHON_VERSION=$(chroot "$ROOT" /opt/python/bin/python3 -c 'import sys; print(sys.version.split()[0])')
+
 # ---------------------------------------------------------------- 2. the venv (cached by its pins)
-VENV_KEY=$(cat "$REQUIREMENTS" "$BUILD/dpkg.txt" | sha256sum | cut -c1-16)
+VENV_KEY=$(cat "$REQUIREMENTS" "$BUILD/dpkg.txt" "$ROOT/.stage-python-key" | sha256sum | cut -c1-16)
 if [ "$(cat "$ROOT/.stage2-key" 2>/dev/null)" != "$VENV_KEY" ]; then
   log "venv in the root: $REQUIREMENTS"
   rm -f "$ROOT/.stage2-key"
   cp "$REQUIREMENTS" "$ROOT/tmp/requirements-build.txt"
   in_root "
     rm -rf /opt/venv
-    python3 -m venv /opt/venv
+    /opt/python/bin/python3 -m venv /opt/venv
     /opt/venv/bin/python -m pip install -q --upgrade pip
     /opt/venv/bin/python -m pip install -q --no-deps -r /tmp/requirements-build.txt
     /opt/venv/bin/python -m pip check
@@ -187,6 +246,26 @@ if [ "$(cat "$ROOT/.stage2-key" 2>/dev/null)" != "$VENV_KEY" ]; then
   echo "$VENV_KEY" >"$ROOT/.stage2-key"
 fi
 NUITKA=$(sed -n 's/^[Nn]uitka==//p' "$ROOT/opt/venv/freeze.txt")
+
+# ---------------------------------------------------------------- 2b. the image's run-time root
+# The image takes the libraries the binary does not carry (the loader, libc, libgcc_s) from a
+# Debian 13 (trixie) minbase root, a release in support: glibc keeps old symbol versions, so a
+# binary built against 2.31 runs on trixie's. packaging/image.py and the image test use it.
+if [ "$PKG" = deviceid_inject ] && [ ! -f "$RUNTIME_ROOT/.minbase-ok" ]; then
+  log "debootstrap trixie (the image's run-time libraries) -> $RUNTIME_ROOT"
+  rm -rf --one-file-system "$RUNTIME_ROOT"
+  unshare --mount --propagation private -- debootstrap --variant=minbase trixie "$RUNTIME_ROOT" "$MIRROR" \
+    >"$BUILD/debootstrap-trixie.log" 2>&1 || {
+    tail -20 "$BUILD/debootstrap-trixie.log" >&2
+    die "debootstrap trixie failed (whole log: $BUILD/debootstrap-trixie.log)"
+  }
+  rm -f "$RUNTIME_ROOT"/var/cache/apt/archives/*.deb
+  touch "$RUNTIME_ROOT/.minbase-ok"
+fi
+if [ "$PREPARE" = 1 ]; then
+  log "prepared: the roots, Python $PYTHON_VERSION, the venv (Nuitka $NUITKA)"
+  exit 0
+fi
 
 # ---------------------------------------------------------------- 3. the sources, the build id
 STAGE=$ROOT/build # in the root as /build; $OUT keeps the last standalone folder until a rebuild
@@ -235,7 +314,7 @@ FLAGS=(
 BUILD_ID=$({
   (cd "$STAGE/src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
   echo "commit $COMMIT"
-  cat "$ROOT/opt/venv/freeze.txt" "$BUILD/dpkg.txt" build.sh packaging/launcher.c packaging/pack.py
+  cat "$ROOT/opt/venv/freeze.txt" "$BUILD/dpkg.txt" "$ROOT/.stage-python-key" build.sh packaging/launcher.c packaging/pack.py
   printf '%s\n' "${FLAGS[@]}"
 } | sha256sum | cut -c1-24)
 
@@ -269,8 +348,11 @@ in_root "
   cd /build/$OUT
   /opt/venv/bin/python -m nuitka $(printf '%q ' "${FLAGS[@]}") --jobs=$(nproc) /build/src/$PKG
   test -x $FOLDER/$BIN
+  # The Python stage builds its extension modules and libraries with debug info (19 MiB of the 88
+  # here); Nuitka strips only its program. Stripped as Debian strips its own libraries.
+  find $FOLDER -type f -name '*.so*' -exec strip --strip-unneeded {} +
   gcc -O2 -Wall -o /build/$OUT/launcher /build/launcher.c
-  python3 /build/pack.py /build/$OUT/launcher $FOLDER $BUILD_ID /build/$OUT/$BIN
+  /opt/python/bin/python3 /build/pack.py /build/$OUT/launcher $FOLDER $BUILD_ID /build/$OUT/$BIN
   bash /build/glibc-versions.sh /build/$OUT/launcher $FOLDER >/build/$OUT/glibc.txt"
 log "compiled"
 
@@ -292,7 +374,8 @@ mv -f "$DIST/.$BIN.tmp" "$DIST/$BIN"
   echo "build-id: $BUILD_ID"
   echo "commit: $COMMIT"
   echo "nuitka: $NUITKA"
-  echo "python: $(sed -n 's/^libpython3.9=//p' "$BUILD/dpkg.txt") (Debian bullseye)"
+  echo "python: $PYTHON_VERSION ($(grep '^python3' "$PY_SOURCES"), Debian trixie source built in the root)"
+  echo "openssl: $(grep '^openssl=' "$PY_SOURCES" | cut -d= -f2)"
   echo "built-against-glibc: $GLIBC"
   echo "glibc-floor: $FLOOR"
   echo "files: $(find "$STAGE/$OUT/$PKG.dist" -type f | wc -l), unpacked $(du -sk "$STAGE/$OUT/$PKG.dist" | cut -f1) KiB"

@@ -10,6 +10,10 @@ Variants, measured in the same run, in a shuffled order each round:
   tuning   containernetworking's Go tuning plugin, chained on a veth in a scratch netns
   floor    a Nuitka hello world in the shipped layout (launcher + standalone folder) that
            reads the same stdin and prints it back: the start-up floor of any such binary
+  before, before-floor (with --before DIR): DIR/deviceid-inject and DIR/hello, another build's
+           binary and hello world (say, the last release's), with no server: before and after
+           measured side by side in one run
+Each round of ours starts with a CNI VERSION call (never offered to a server: the exec path).
 deviceid-inject runs the real path (no fixture): the host's PCI-backed NIC seen through
 CNI_NETNS, with a config seen before (its validation cached). Then ADD through a fixture
 host with 8, 128 and 1024 VFs shows the cost against the number of VFs.
@@ -134,7 +138,7 @@ class Bench:
         return out
 
     def ours(self, variant: str, argv: list[str], extra_env: dict[str, str]) -> None:
-        """ADD, CHECK, DEL of one attachment on the host NIC, through CNI_NETNS, real sysfs."""
+        """VERSION, then ADD, CHECK, DEL of one attachment on the host NIC, through CNI_NETNS, real sysfs."""
         config = {
             "cniVersion": "1.1.0",
             "name": "bench",
@@ -148,6 +152,7 @@ class Bench:
         container = f"bench-{uuid.uuid4().hex[:12]}"
         netns = f"/proc/{os.getpid()}/ns/net"
         env = lambda c: cni_env(c, container, netns, self.nic, extra_env)  # noqa: E731
+        self.record(variant, "VERSION", argv, env("VERSION"), b'{"cniVersion": "1.1.0"}')
         result = self.record(variant, "ADD", argv, env("ADD"), json.dumps(config).encode())
         config["prevResult"] = json.loads(result)
         self.record(variant, "CHECK", argv, env("CHECK"), json.dumps(config).encode())
@@ -168,9 +173,9 @@ class Bench:
             if command == "ADD":
                 config["prevResult"] = json.loads(out)
 
-    def floor(self, hello: str, extra_env: dict[str, str]) -> None:
+    def floor(self, variant: str, hello: str, extra_env: dict[str, str]) -> None:
         stdin = json.dumps({"cniVersion": "1.1.0", "name": "bench", "type": "hello"}).encode()
-        self.record("floor", "ADD", [hello], {"PATH": "/usr/bin:/bin", **extra_env}, stdin)
+        self.record(variant, "ADD", [hello], {"PATH": "/usr/bin:/bin", **extra_env}, stdin)
 
     def vf_scaling(
         self, argv: list[str], extra_env: dict[str, str], counts: list[int], rounds: int
@@ -222,7 +227,13 @@ def start_server(binary: str, scratch: Path, env: dict[str, str]) -> tuple[subpr
     return server, sock
 
 
-def table(bench: Bench, curve: dict[int, Samples], server_cpu_ms: float | None = None) -> str:
+def version_of(binary: Path, env: dict[str, str]) -> str:
+    """The build's own words: `--version`'s lines on where it was built from and its Python."""
+    out = subprocess.run([str(binary), "--version"], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True)
+    return "; ".join(out.stdout.decode(errors="replace").splitlines()[1:3]) if out.returncode == 0 else str(binary)
+
+
+def table(bench: Bench, curve: dict[int, Samples], server_cpu_ms: float | None = None, before_label: str = "") -> str:
     def cell(variant: str, command: str) -> str:
         s = bench.results.get((variant, command))
         return f"{s.wall:.1f} ms / {s.cpu:.1f} ms / {s.rss_mib:.1f} MiB" if s else "-"
@@ -236,8 +247,8 @@ def table(bench: Bench, curve: dict[int, Samples], server_cpu_ms: float | None =
         f"Medians of {rounds} interleaved rounds, wall time / CPU time / peak RSS of the process the "
         f"runtime executes; {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}.",
         "",
-        "| variant | ADD | CHECK | DEL | ADD vs tuning (wall / CPU) | ADD vs floor (wall / CPU) |",
-        "|---|---|---|---|---|---|",
+        "| variant | VERSION | ADD | CHECK | DEL | ADD vs tuning (wall / CPU) | ADD vs floor (wall / CPU) |",
+        "|---|---|---|---|---|---|---|",
     ]
     names = {
         "served": "dist/deviceid-inject, CNI server running",
@@ -245,13 +256,14 @@ def table(bench: Bench, curve: dict[int, Samples], server_cpu_ms: float | None =
         "python": "python -m deviceid_inject",
         "tuning": "Go tuning (reference plugins)",
         "floor": "Nuitka hello world, same layout",
+        "before": f"before: {before_label}, no server",
+        "before-floor": "before: its Nuitka hello world",
     }
     for variant, label in names.items():
         if any(v == variant for v, _ in bench.results):
-            lines.append(
-                f"| {label} | {cell(variant, 'ADD')} | {cell(variant, 'CHECK')} | {cell(variant, 'DEL')} "
-                f"| {ratio(variant, 'tuning')} | {ratio(variant, 'floor')} |"
-            )
+            cells = " | ".join(cell(variant, command) for command in ("VERSION", "ADD", "CHECK", "DEL"))
+            floor = "before-floor" if variant.startswith("before") else "floor"  # each build against its own
+            lines.append(f"| {label} | {cells} | {ratio(variant, 'tuning')} | {ratio(variant, floor)} |")
     if server_cpu_ms is not None:
         lines += ["", f"The CNI server's own CPU per call it served (children included): {server_cpu_ms:.1f} ms."]
     if curve:
@@ -269,6 +281,7 @@ def main() -> None:
     parser.add_argument("--hello", default=str(REPO / ".build" / "hello" / "deviceid-inject"))
     parser.add_argument("--tuning", default=str(REPO / ".tools" / "cni-bin" / "tuning"))
     parser.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"))
+    parser.add_argument("--before", type=Path, help="a folder with another build's deviceid-inject and hello")
     parser.add_argument("--out", help="also write the Markdown table here")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 41)
@@ -300,9 +313,18 @@ def main() -> None:
         if os.access(args.tuning, os.X_OK):
             variants.append(lambda: bench.tuning(args.tuning, netns))
         if os.access(args.hello, os.X_OK):
-            variants.append(lambda: bench.floor(args.hello, launcher_env))
+            variants.append(lambda: bench.floor("floor", args.hello, launcher_env))
         else:
             print(f"bench: {args.hello} not built: run ./build.sh hello (floor left out)", file=sys.stderr)
+        before_label = ""
+        if args.before:
+            # Its own cache: another build id, unpacked beside ours as on a node during an upgrade.
+            before_cache = scratch / "cache-before"
+            before_cache.mkdir(mode=0o755)
+            before_env = {**launcher_env, "DEVICEID_INJECT_CACHE": str(before_cache)}
+            before_label = version_of(args.before / "deviceid-inject", before_env)
+            variants.append(lambda: bench.ours("before", [str(args.before / "deviceid-inject")], before_env))
+            variants.append(lambda: bench.floor("before-floor", str(args.before / "hello"), before_env))
 
         for variant in variants:  # warm-up: caches unpacked, configs validated, page cache filled
             variant()
@@ -320,7 +342,9 @@ def main() -> None:
         target = [args.binary] if os.access(args.binary, os.X_OK) else [args.python, "-m", "deviceid_inject"]
         env = launcher_env if target == [args.binary] else {}
         curve = bench.vf_scaling(target, env, [8, 128, 1024], max(3, rounds // 4))
-        text = table(bench, curve, server_cpu_ms)
+        if os.access(args.binary, os.X_OK):
+            print(f"binary: {version_of(Path(args.binary), launcher_env)}")
+        text = table(bench, curve, server_cpu_ms, before_label)
         print(text)
         if args.out:
             Path(args.out).write_text(text)

@@ -1,7 +1,7 @@
 """Container images without a registry or a container engine: one-layer image archives that
 `ctr images import`, `podman load` and `docker load` all accept.
 
-    python3 packaging/image.py deviceid-inject [--binary dist/deviceid-inject] [--root .build/bullseye]
+    python3 packaging/image.py deviceid-inject [--binary dist/deviceid-inject] [--root .build/trixie]
                                                 [--tag REF] [--out dist/deviceid-inject-image.tar]
     python3 packaging/image.py files --tag REF --out FILE [--entrypoint JSON] [--symlink LINK=TARGET]...
                                      DEST=SRC...
@@ -14,7 +14,8 @@ root, mtime 0), so the same inputs give the same image digest.
 `deviceid-inject` is the image deploy/ runs: the one-file binary at /usr/local/bin/deviceid-inject,
 already unpacked into its cache folder (/var/cache/deviceid-inject/<build id>, as the launcher would),
 so a container starts without unpacking and on a read-only root; and the runtime libraries the binary
-does not carry itself, taken from the Debian 11 root it was built in. Which libraries: those in
+does not carry itself, taken from the Debian 13 (trixie) minbase root build.sh makes for it (a
+release in support; the binary, built against glibc 2.31, runs on trixie's 2.41). Which libraries: those in
 packaging/image-libs.txt, which deploy/Containerfile copies too. The build computes what the binary
 needs (every ELF's DT_NEEDED, transitively, plus libgcc_s.so.1, which glibc loads at a thread's exit)
 and fails when that differs from the list, so the list can neither miss a library nor keep a stale one.
@@ -327,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = top.add_subparsers(dest="command", required=True)
     ours = commands.add_parser("deviceid-inject", help="the image deploy/ runs")
     ours.add_argument("--binary", type=Path, default=REPO / "dist" / "deviceid-inject")
-    ours.add_argument("--root", type=Path, default=REPO / ".build" / "bullseye", help="the build's Debian 11 root")
+    ours.add_argument(
+        "--root", type=Path, default=REPO / ".build" / "trixie", help="build.sh's Debian 13 run-time root"
+    )
     ours.add_argument("--tag", default=DEFAULT_TAG)
     ours.add_argument("--out", type=Path, default=REPO / "dist" / "deviceid-inject-image.tar")
     ours.add_argument("--libs", type=Path, default=LIBS_LIST, help="the runtime libraries it must hold")

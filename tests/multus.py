@@ -13,9 +13,10 @@ import json
 import shutil
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness import Outcome, Service, base_env, run
 from helpers import SYSFS_IAVF, cni_env, passed_through, read_json

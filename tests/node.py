@@ -224,7 +224,10 @@ def make_pki(pki: Path) -> None:
     the kubernetes Service, the forwarder on the host's loopback), its client certificate for the
     kubelet, and the service-account signing key."""
     pki.mkdir(parents=True)
+    # The extensions kubeadm's CA has: Python 3.13 verifies strictly (VERIFY_X509_STRICT), and refuses
+    # a CA without keyUsage or a certificate without authorityKeyIdentifier.
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3", "-subj", "/CN=deviceid-inject test node CA",
+             "-addext", "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign",
              "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))  # fmt: skip
     names = [f"IP:{NODE_IP}", f"IP:{SERVICE_IP}", "IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes"]
     names += ["DNS:kubernetes.default", "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"]
@@ -236,7 +239,7 @@ def make_pki(pki: Path) -> None:
         ),
     }
     for name, (subject, extensions) in certs.items():
-        (pki / f"{name}.ext").write_text(extensions)
+        (pki / f"{name}.ext").write_text(f"{extensions}authorityKeyIdentifier=keyid,issuer\n")
         key, csr, crt = (str(pki / f"{name}.{kind}") for kind in ("key", "csr", "crt"))
         _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key, "-out", csr)
         ca = ("-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"), "-CAcreateserial")
@@ -581,7 +584,7 @@ class Node:
         found = {}
         for stamp, uid in SANDBOX_RETURNS.findall(self.services["containerd"].log()):
             whole, _, fraction = stamp.rstrip("Z").partition(".")
-            moment = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc)
+            moment = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.UTC)
             found[uid] = moment.timestamp() + float(f"0.{fraction or 0}")
         return found
 

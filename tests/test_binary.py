@@ -77,8 +77,24 @@ def test_runs_with_an_empty_environment_and_says_it_was_built_with_nuitka():
     assert lines[0].startswith("deviceid-inject ")
     # cli.version_text() with the _build.py that build.sh writes
     assert re.fullmatch(r"built \S+Z from [0-9a-f]+(-dirty)? with Nuitka [0-9.]+ on glibc [0-9.]+", lines[1]), lines
-    assert lines[2].startswith("Python 3.")
+    # a CPython in security support (3.12 and later, December 2026): build.sh's, not the build root's 3.9
+    python = re.fullmatch(r"Python (\d+)\.(\d+)\.\d+", lines[2])
+    assert python and (int(python[1]), int(python[2])) >= (3, 12), lines
     assert proc.stderr == ""
+
+
+def test_carries_openssl_3_and_no_older_one(tmp_path):
+    """The ssl module (the bridge's TLS) runs on the OpenSSL 3 build.sh builds (3.5, an LTS release),
+    carried in the folder; nothing there links Debian 11's OpenSSL 1.1.1, past its end of life."""
+    ident = needs_launcher()
+    cache = tmp_path / "cache"
+    proc = run_bare("--version", env={"DEVICEID_INJECT_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    folder = cache / ident
+    names = {path.name for path in folder.rglob("*")}
+    assert {"libssl.so.3", "libcrypto.so.3"} <= names, sorted(names)
+    assert not {name for name in names if ".so.1.1" in name}, sorted(names)
+    assert re.search(rb"OpenSSL 3\.5\.\d+ ", (folder / "libcrypto.so.3").read_bytes())
 
 
 def test_runs_with_no_python_on_path(tmp_path):

@@ -10,10 +10,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from bridge import (
@@ -94,7 +94,7 @@ def device_info_of(scene: Scene, name: str) -> dict[str, Any] | None:
 
 def assert_one_insertion(before: str, after: str, device: dict[str, Any] = NET1_DEVICE_INFO) -> None:
     """`after` is `before` with one piece inserted: `,"device-info": <device>` in some whitespace."""
-    start = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), len(before))
+    start = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), len(before))
     inserted = after[start : start + len(after) - len(before)]
     assert after[:start] + after[start + len(inserted) :] == before, (before, after)
     assert json.loads('{"_": 0' + inserted + "}") == {"_": 0, "device-info": device}, inserted

@@ -14,17 +14,19 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from bridge import record as bridge_record
 from helpers import loopback_server, wait_for
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from lightkube.core.exceptions import ApiError
+from lightkube.models import meta_v1
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import on_error_raise
 
@@ -58,14 +60,16 @@ def pod(version: str, uid: str = UID, node: str = NODE, status: str | None = STA
     )
 
 
-def api_error(code: int) -> ApiError:
-    return ApiError(status={"kind": "Status", "code": code, "message": f"HTTP {code}", "status": "Failure"})
+def api_error(code: int, message: str | None = None) -> ApiError:
+    """An API error as lightkube raises it for a watch's ERROR event: its decoded Status, no response."""
+    status = {"kind": "Status", "code": code, "message": message or f"HTTP {code}", "status": "Failure"}
+    return ApiError(status=meta_v1.Status.from_dict(status))
 
 
-def watch_answer(code: int) -> httpx.HTTPStatusError:
-    """An error status as the answer to the watch request itself: lightkube raises httpx's error."""
-    request = httpx.Request("GET", "https://127.0.0.1/api/v1/pods?watch=true")
-    return httpx.HTTPStatusError(f"{code}", request=request, response=httpx.Response(code, request=request))
+def watch_answer(code: int) -> httpx2.HTTPStatusError:
+    """An error status as the answer to the watch request itself: lightkube raises httpx2's error."""
+    request = httpx2.Request("GET", "https://127.0.0.1/api/v1/pods?watch=true")
+    return httpx2.HTTPStatusError(f"{code}", request=request, response=httpx2.Response(code, request=request))
 
 
 class Listing(list):
@@ -190,7 +194,7 @@ def test_a_410_mid_watch_lists_again_and_resumes_from_the_new_list(data_dir: Pat
 
 
 def test_an_unreachable_server_is_retried_with_backoff_from_the_last_version(data_dir: Path):
-    failure = httpx.ConnectError("connection refused")
+    failure = httpx2.ConnectError("connection refused")
     client = FakeClient([pod("10", status=None)], [failure, failure, api_error(500), [("MODIFIED", pod("12"))]])
     bridge, log = run(client, data_dir)
     assert client.lists == 1
@@ -212,7 +216,7 @@ class Outage(FakeClient):
 
     def watch(self, *args: Any, resource_version: str, **kwargs: Any):
         if self.now < self.back:
-            raise httpx.ConnectError("connection refused")
+            raise httpx2.ConnectError("connection refused")
         self.returned_at = self.now
         self.stop.set()
         return iter([("MODIFIED", pod("11"))])
@@ -270,14 +274,15 @@ def test_a_pod_of_another_node_in_the_stream_is_never_patched(data_dir: Path):
 
 
 def test_a_watch_whose_connection_goes_silent_ends_with_a_read_timeout(tmp_path: Path, monkeypatch):
-    """lightkube 0.22 has no public read timeout for watches; the agent sets its private one. With the
+    """lightkube sends watches with no read timeout; the agent's transport gives them one. With the
     real client against a server that answers a watch with silence, the watch ends with a read timeout
-    (it would block for ever without it, or if a lightkube upgrade renamed the attribute)."""
+    (it would block for ever without it, or if lightkube stopped sending through the transport)."""
     monkeypatch.setattr(agent, "WATCH_READ_TIMEOUT", 0.5)
     silent = QuietApiServer(watch_seconds=30)
     try:
         kubeconfig = silent.kubeconfig(tmp_path / "kubeconfig")
-        client = agent.client_for(Settings(node=NODE, data_dir=str(tmp_path), kubeconfig=str(kubeconfig)))
+        config = agent.kubeconfig(Settings(node=NODE, data_dir=str(tmp_path), kubeconfig=str(kubeconfig)))
+        client = agent.client_for(config, agent.WatchTransport(config))
         ended: list[BaseException] = []
 
         def watch() -> None:
@@ -290,7 +295,7 @@ def test_a_watch_whose_connection_goes_silent_ends_with_a_read_timeout(tmp_path:
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         watcher.join(10)  # without the read timeout it would still be waiting
-        assert ended and isinstance(ended[0], httpx.ReadTimeout), ended or "the watch still blocks after 10 s"
+        assert ended and isinstance(ended[0], httpx2.ReadTimeout), ended or "the watch still blocks after 10 s"
         assert silent.watches == 1
     finally:
         silent.close()
@@ -768,10 +773,6 @@ def test_refused_credentials_make_the_agent_unready_until_they_are_taken_again(d
     assert bridge.health.ready() == (True, "ok")
 
 
-def forbidden(message: str) -> ApiError:
-    return ApiError(status={"kind": "Status", "code": 403, "message": message, "status": "Failure"})
-
-
 RBAC_403 = 'pods "upf-0" is forbidden: User "system:serviceaccount:kube-system:deviceid-inject-bridge" cannot patch'
 POLICY_403 = "pods \"upf-0\" is forbidden: ValidatingAdmissionPolicy 'deviceid-inject-bridge' with binding ..."
 
@@ -782,7 +783,7 @@ def test_refused_patches_make_the_agent_unready_until_a_patch_goes_through(data_
     watch's events, until the next patch that goes through."""
     now = [0.0]
     refusing = [True]
-    client = FakeClient([pod("10")], [[]], fail=lambda name: forbidden(RBAC_403) if refusing[0] else None)
+    client = FakeClient([pod("10")], [[]], fail=lambda name: api_error(403, RBAC_403) if refusing[0] else None)
     bridge, _ = make_bridge(client, data_dir, clock=lambda: now[0])
     bridge.watch(client.stop)
     drain(bridge)
@@ -799,7 +800,7 @@ def test_refused_patches_make_the_agent_unready_until_a_patch_goes_through(data_
 
 def test_a_patch_our_admission_policy_refuses_leaves_the_agent_ready(data_dir: Path):
     """The policy refuses one change of one Pod; that is the Pod's trouble, not the agent's."""
-    client = FakeClient([pod("10")], [[]], fail=lambda name: forbidden(POLICY_403))
+    client = FakeClient([pod("10")], [[]], fail=lambda name: api_error(403, POLICY_403))
     bridge, _ = make_bridge(client, data_dir)
     bridge.watch(client.stop)
     drain(bridge)
@@ -965,7 +966,7 @@ def test_whatever_another_writer_left_the_bridge_adds_exactly_our_member_or_leav
     bridge, log = run(client, fuzz_data_dir)
     assert client.patched.count("good-0") == 1, log  # every other Pod of the node is served
     assert errors(bridge, "pod") == 0, log  # nothing we did not foresee
-    bad = [body for name, body in zip(client.patched, client.patches) if name == "upf-0"]
+    bad = [body for name, body in zip(client.patched, client.patches, strict=False) if name == "upf-0"]
     expected = ours_to_fill(raw)
     event("left alone" if expected is None else "device-info added")
     if expected is None:
@@ -973,7 +974,7 @@ def test_whatever_another_writer_left_the_bridge_adds_exactly_our_member_or_leav
         return
     (body,) = bad
     new = body["metadata"]["annotations"][NETWORK_STATUS]
-    start = next((i for i, (a, b) in enumerate(zip(raw, new)) if a != b), len(raw))
+    start = next((i for i, (a, b) in enumerate(zip(raw, new, strict=False)) if a != b), len(raw))
     inserted = new[start : start + len(new) - len(raw)]
     assert new[:start] + new[start + len(inserted) :] == raw  # every other byte where it was
     assert json.loads('{"_": 0' + inserted + "}", parse_constant=_no_constant) == {"_": 0, "device-info": VF}

@@ -118,7 +118,7 @@ def trickle(port: int, stop: threading.Event, lifetimes: list[float]) -> None:
                     try:
                         if sock.recv(1) == b"":
                             break
-                    except socket.timeout:
+                    except TimeoutError:
                         pass  # still open: another byte
             except OSError:
                 pass  # reset by the server

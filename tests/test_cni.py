@@ -379,5 +379,6 @@ def test_the_common_add_path_imports_no_bridge_client_netlink_schema_or_udev(mak
     assert [r.returncode for r in runs] == [0, 0], runs[-1].stdout
     first, second = ({line.split("|")[-1].strip() for line in r.stderr.decode().splitlines()} for r in runs)
     assert "jsonschema" in first  # the proof that importtime lists what was imported
-    heavy = ("deviceid_inject.bridge", "lightkube", "httpx", "prometheus_client", "pyroute2", "jsonschema", "pyudev")
+    heavy = ("deviceid_inject.bridge", "lightkube", "httpx2", "msgspec", "prometheus_client")
+    heavy += ("pyroute2", "jsonschema", "pyudev")
     assert [m for m in second if m.split(".")[0] in heavy or m.startswith(heavy)] == []

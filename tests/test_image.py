@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from harness import Outcome, base_env, run
-from helpers import REPO, minimal_bullseye
+from helpers import REPO
 from node import build_our_image
 
 EXE = os.environ.get("DEVICEID_INJECT_EXE", "")
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(not EXE, reason="the image is built from the bin
 IMAGE_TOOL = REPO / "packaging" / "image.py"
 LIBS = REPO / "packaging" / "image-libs.txt"
 CONTAINERFILE = REPO / "deploy" / "Containerfile"
+TRIXIE = REPO / ".build" / "trixie"  # build.sh's Debian 13 minbase root, where the image's libraries come from
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +141,20 @@ def podman(tmp_path: Path) -> Iterator[Callable[..., Outcome]]:
         shutil.rmtree(runroot, ignore_errors=True)
 
 
+def trixie_root() -> Path:
+    if not (TRIXIE / ".minbase-ok").exists():
+        pytest.fail(f"no {TRIXIE}: run ./build.sh (it makes the image's Debian 13 root)")
+    return TRIXIE
+
+
+def test_the_images_libraries_are_debian_13s(rootfs: Path):
+    """The loader and libc come from Debian 13 (glibc 2.41, in support), not from the Debian 11 root the
+    binary is built in; the binary runs on them (the read-only root test above)."""
+    libc = (rootfs / "lib/x86_64-linux-gnu/libc.so.6").read_bytes()
+    assert b"GNU C Library (Debian GLIBC 2.41-" in libc
+    assert libc == (trixie_root() / "usr/lib/x86_64-linux-gnu/libc.so.6").read_bytes()
+
+
 def files_of(root: Path) -> dict[str, tuple[str, ...]]:
     """Every path under `root`: its kind, mode, and content digest or link target."""
     found: dict[str, tuple[str, ...]] = {}
@@ -165,15 +180,15 @@ def test_podman_loads_the_archive(podman, archive: Path):
 
 def test_the_containerfile_builds_the_same_files_as_make_image(podman, archive: Path, tmp_path: Path):
     """deploy/Containerfile as a user builds it (podman, from a clone after ./build.sh), its base
-    debian:bullseye-slim stood in for by a minimal Debian 11 root (no registry here): the image has
-    exactly the files, modes and contents of make image's."""
-    base = minimal_bullseye()
-    tarball = tmp_path / "bullseye-slim.tar"
+    debian:trixie-slim stood in for by build.sh's Debian 13 minbase root (no registry here): the image
+    has exactly the files, modes and contents of make image's."""
+    base = trixie_root()
+    tarball = tmp_path / "trixie-slim.tar"
     with tarfile.open(tarball, "w") as tar:
         for entry in sorted(os.listdir(base)):
             if entry not in ("proc", "sys", "dev"):
                 tar.add(base / entry, arcname=entry)
-    podman("import", str(tarball), "docker.io/library/debian:bullseye-slim")
+    podman("import", str(tarball), "docker.io/library/debian:trixie-slim")
     context = tmp_path / "clone"
     for name, source in (("dist/deviceid-inject", Path(EXE)), ("packaging/image-libs.txt", LIBS),
                          ("deploy/Containerfile", CONTAINERFILE)):  # fmt: skip

@@ -7,6 +7,7 @@ the suite run against the real binary (DEVICEID_INJECT_EXE) covers the real payl
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import json
 import os
 import shutil
@@ -237,7 +238,7 @@ def test_cni_calls_on_a_node_run_one_at_a_time(binary, cache, tmp_path, command)
     assert [r.returncode for r in runs] == [0] * 4
     intervals = spans(trace)
     assert len(intervals) == 4
-    assert all(later[0] >= earlier[1] for earlier, later in zip(intervals, intervals[1:])), intervals
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(intervals)), intervals
 
 
 @pytest.mark.parametrize("command", ["VERSION", None])
@@ -246,7 +247,7 @@ def test_version_the_bridge_and_the_command_line_do_not_queue(binary, cache, tmp
     env = {"TRACE": str(trace), **({"CNI_COMMAND": command} if command else {})}
     assert [r.returncode for r in concurrently(binary, cache, 4, **env)] == [0] * 4
     intervals = spans(trace)
-    assert any(later[0] < earlier[1] for earlier, later in zip(intervals, intervals[1:])), intervals
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(intervals)), intervals
 
 
 def test_a_call_that_waits_too_long_for_the_one_before_runs_anyway(binary, cache):

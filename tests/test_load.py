@@ -125,7 +125,7 @@ def test_100_attachments_at_once_add_then_del(
     def every_pod(command: str) -> dict:
         """`command` for every pod, WORKERS at a time; each must succeed."""
         with ThreadPoolExecutor(WORKERS) as pool:
-            outcomes = dict(zip(load_pods, pool.map(lambda p: call(command, p), load_pods)))
+            outcomes = dict(zip(load_pods, pool.map(lambda p: call(command, p), load_pods), strict=False))
         failed = {p.netns_name: o.stderr[-500:] for p, o in outcomes.items() if o.code != 0}
         assert not failed, failed
         return outcomes

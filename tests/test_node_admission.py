@@ -152,7 +152,7 @@ def test_a_text_form_pod_has_device_info_in_network_status_before_its_first_cont
     watch = Watch(cluster.node.api(), f"/api/v1/namespaces/{ns}/pods").start()
     names = [f"upf-adm-{i}" for i in range(len(SHAPES))]
     try:
-        for i, (name, shape) in enumerate(zip(names, SHAPES)):
+        for i, (name, shape) in enumerate(zip(names, SHAPES, strict=False)):
             cluster.field_nad(ns, network(i), cluster.veth(), vf=VFS[i], sriov_device_id=False)
             cluster.apply(cluster.workload(ns, name, shape.format(ns=ns, network=network(i)), wait_timeout=0))
         cluster.field_nad(ns, "n6-plain", cluster.veth(), vf=VFS[3], sriov_device_id=False)

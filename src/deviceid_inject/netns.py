@@ -6,7 +6,7 @@ joins the netns, takes a private mount namespace and mounts a fresh sysfs over
 /sys there; the host's mounts never change, and the child's view dies with it.
 The same child asks the kernel for the netdev's ethtool bus-info.
 
-Python 3.9 to 3.11 have no os.setns/os.unshare, so libc is called through ctypes.
+Python 3.11 (the oldest we run on) has no os.setns/os.unshare, so libc is called through ctypes.
 """
 
 from __future__ import annotations

@@ -167,8 +167,8 @@ def _reject_constant(name: str) -> float:
 
 
 def _bounded_int(text: str) -> int:
-    # Python 3.11 (and 3.9.14+) refuse over 4300 digits by themselves; the 3.9.2 the binary is
-    # built with does not, and would echo such a number back.
+    # Python refuses over 4300 digits by itself (since 3.11, and 3.9.14), with a message about
+    # sys.set_int_max_str_digits; this check names the number's size and our limit instead.
     if len(text) > MAX_INT_DIGITS:
         raise ValueError(f"an integer of {len(text)} digits is over the limit of {MAX_INT_DIGITS}")
     return int(text)

@@ -25,11 +25,13 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-import httpx
+import httpx2
 from lightkube import Client, KubeConfig
+from lightkube.config.client_adapter import verify_cluster
+from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import PatchType, on_error_raise
@@ -172,7 +174,7 @@ class Bridge:
                     self._event(kind, pod)
                     if stop.is_set():
                         return
-            except (httpx.HTTPError, OSError) as err:  # lightkube's ApiError is an httpx.HTTPStatusError
+            except (httpx2.HTTPError, OSError) as err:  # lightkube's ApiError is an httpx2.HTTPStatusError
                 answer = _api_answer(err)
                 status = answer[0] if answer else None
                 if status == 410:  # as an ERROR event, or as the answer to the watch request
@@ -475,10 +477,10 @@ class Bridge:
 
 def _api_answer(err: Exception) -> tuple[int, str | None] | None:
     """The HTTP status and message an error carries, if it carries one. ApiError first: it is an
-    httpx.HTTPStatusError too, but a watch's ERROR event has only its decoded Status, no response."""
+    httpx2.HTTPStatusError too, but a watch's ERROR event has only its decoded Status, no response."""
     if isinstance(err, ApiError):
         return err.status.code, err.status.message
-    if isinstance(err, httpx.HTTPStatusError):  # the watch request's own answer
+    if isinstance(err, httpx2.HTTPStatusError):  # the watch request's own answer
         return err.response.status_code, err.response.reason_phrase
     return None
 
@@ -505,32 +507,49 @@ def _annotations(pod: Pod) -> dict[str, str]:
 
 
 def connect(settings: Settings, metrics: Metrics, log: Log) -> Bridge:
-    """The bridge with its client: from the kubeconfig given, else the Pod's service account."""
-    client = client_for(settings)
-    bridge = Bridge(settings, client, metrics, log)
-    # lightkube's watch sends the next request by itself each time the server ends one (every
-    # WATCH_SECONDS on a quiet node), without coming back to our loop: each new watch request is
-    # progress of the watch loop. httpx calls request hooks in the thread that sends.
-    # (lightkube keeps its httpx client private too; pinned and proven likewise: a quiet node's test.)
-    hooks = client._client._client.event_hooks
-    hooks["request"].append(lambda request: _beat_on_watch(request, bridge.health))
-    client._client._client.event_hooks = hooks
+    """The bridge with its client, whose watch requests beat the watch loop's heart."""
+    config = kubeconfig(settings)
+    transport = WatchTransport(config)
+    bridge = Bridge(settings, client_for(config, transport), metrics, log)
+    transport.on_watch = lambda: bridge.health.beat("watch")
     return bridge
 
 
-def _beat_on_watch(request: httpx.Request, health: Health) -> None:
-    if request.url.params.get("watch") == "true":
-        health.beat("watch")
+def kubeconfig(settings: Settings) -> SingleConfig:
+    """The kubeconfig given, else the Pod's service account (whose token file the kubelet rotates:
+    lightkube reads it again on a 401)."""
+    if settings.kubeconfig:
+        return KubeConfig.from_file(settings.kubeconfig).get()
+    return KubeConfig.from_service_account().get()
 
 
-def client_for(settings: Settings) -> Client:
-    """A client from the kubeconfig given, else the Pod's service account (whose token file the
-    kubelet rotates: lightkube reads it again on a 401)."""
-    config = KubeConfig.from_file(settings.kubeconfig) if settings.kubeconfig else KubeConfig.from_service_account()
-    client = Client(config=config, field_manager=FIELD_MANAGER, timeout=httpx.Timeout(15.0))
-    # lightkube 0.22 (the last for Python 3.9, pinned) sends watches with no read timeout and has no
-    # public way to give one: a connection that dies silently (no FIN, no RST) would block the loop
-    # forever. Its private attribute it is, pinned with the version and proven by a test with the
-    # real client against a server that goes silent (test_bridge_agent.py).
-    client._client._watch_timeout = httpx.Timeout(15.0, read=WATCH_READ_TIMEOUT)
-    return client
+def client_for(config: SingleConfig, transport: WatchTransport) -> Client:
+    return Client(config=config, field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(15.0), transport=transport)
+
+
+class WatchTransport(httpx2.BaseTransport):
+    """Every request lightkube sends, through the client's public `transport` parameter.
+
+    A watch gets a read timeout: lightkube sends watches with none, so a connection that died
+    silently (no FIN, no RST) would block the watch loop for ever. And each watch request is
+    progress of the watch loop: lightkube's watch sends the next request by itself each time the
+    server ends one (every WATCH_SECONDS on a quiet node), without coming back to our loop. Both
+    proven with the real client (test_bridge_agent.py: a server gone silent, a quiet node).
+
+    It connects as lightkube would, with the TLS context lightkube's own verify_cluster makes from
+    the kubeconfig, and straight to the API server: a client given a transport takes no proxy from
+    the environment.
+    """
+
+    def __init__(self, config: SingleConfig) -> None:
+        self.on_watch: Callable[[], None] = lambda: None
+        self._inner = httpx2.HTTPTransport(verify=verify_cluster(config.cluster, config.user, config.abs_file))
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.params.get("watch") == "true":
+            self.on_watch()
+            request.extensions["timeout"] = {**request.extensions.get("timeout", {}), "read": WATCH_READ_TIMEOUT}
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()

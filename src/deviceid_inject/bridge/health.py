@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 WATCH = "watch"  # the list and the watch
 PATCH = "patch"

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -128,7 +128,7 @@ class Server:
         self._open[writer] = None
         try:
             await asyncio.wait_for(self._exchange(reader, writer), self._deadline)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, OSError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, OSError):
             pass  # too slow, too long, gone mid-request or mid-answer: its own business, never a traceback
         finally:
             self._open.pop(writer, None)
