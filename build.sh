@@ -130,6 +130,22 @@ if ! flock -n 9; then
   flock 9
 fi
 
+# minbase_root SUITE DIR LOG [DEBOOTSTRAP_OPTION...]: a new Debian minbase root of SUITE in DIR,
+# debootstrap's output in LOG. debootstrap mounts /proc in the root itself and leaves it mounted
+# when killed: a private mount namespace keeps that mount off the host.
+minbase_root() {
+  local suite=$1 dir=$2 out=$3
+  shift 3
+  log "debootstrap $suite -> $dir ($MIRROR)"
+  rm -rf --one-file-system "$dir"
+  unshare --mount --propagation private -- debootstrap --variant=minbase "$@" "$suite" "$dir" "$MIRROR" \
+    >"$out" 2>&1 || {
+    tail -20 "$out" >&2
+    die "debootstrap $suite failed (whole log: $out)"
+  }
+  rm -f "$dir"/var/cache/apt/archives/*.deb
+}
+
 # ---------------------------------------------------------------- 1. the bullseye root (cached)
 if ! command -v debootstrap >/dev/null; then
   log "apt-get install debootstrap (host)"
@@ -141,18 +157,8 @@ if [ "${REBUILD_ROOT:-0}" = 1 ]; then
   rm -rf --one-file-system "$ROOT" "$RUNTIME_ROOT"
 fi
 if [ ! -f "$ROOT/.stage1-ok" ]; then
-  log "debootstrap bullseye -> $ROOT ($MIRROR)"
-  rm -rf --one-file-system "$ROOT"
-  mkdir -p "$BUILD"
-  # the compilers come in with --include: no apt-get run on a cold root. debootstrap mounts
-  # /proc in the root itself and leaves it mounted when killed: a private mount namespace keeps
-  # that mount off the host.
-  unshare --mount --propagation private -- debootstrap --variant=minbase --include="$APT_PKGS" bullseye "$ROOT" "$MIRROR" \
-    >"$BUILD/debootstrap.log" 2>&1 || {
-    tail -20 "$BUILD/debootstrap.log" >&2
-    die "debootstrap failed (whole log: $BUILD/debootstrap.log)"
-  }
-  rm -f "$ROOT"/var/cache/apt/archives/*.deb
+  # the compilers come in with --include: no apt-get run on a cold root
+  minbase_root bullseye "$ROOT" "$BUILD/debootstrap.log" --include="$APT_PKGS"
   echo "$APT_PKGS" >"$ROOT/.stage1-pkgs"
   touch "$ROOT/.stage1-ok"
 fi
@@ -252,14 +258,7 @@ NUITKA=$(sed -n 's/^[Nn]uitka==//p' "$ROOT/opt/venv/freeze.txt")
 # Debian 13 (trixie) minbase root, a release in support: glibc keeps old symbol versions, so a
 # binary built against 2.31 runs on trixie's. packaging/image.py and the image test use it.
 if [ "$PKG" = deviceid_inject ] && [ ! -f "$RUNTIME_ROOT/.minbase-ok" ]; then
-  log "debootstrap trixie (the image's run-time libraries) -> $RUNTIME_ROOT"
-  rm -rf --one-file-system "$RUNTIME_ROOT"
-  unshare --mount --propagation private -- debootstrap --variant=minbase trixie "$RUNTIME_ROOT" "$MIRROR" \
-    >"$BUILD/debootstrap-trixie.log" 2>&1 || {
-    tail -20 "$BUILD/debootstrap-trixie.log" >&2
-    die "debootstrap trixie failed (whole log: $BUILD/debootstrap-trixie.log)"
-  }
-  rm -f "$RUNTIME_ROOT"/var/cache/apt/archives/*.deb
+  minbase_root trixie "$RUNTIME_ROOT" "$BUILD/debootstrap-trixie.log"
   touch "$RUNTIME_ROOT/.minbase-ok"
 fi
 if [ "$PREPARE" = 1 ]; then
