@@ -14,11 +14,12 @@ root, mtime 0), so the same inputs give the same image digest.
 `deviceid-inject` is the image deploy/ runs: the one-file binary at /usr/local/bin/deviceid-inject,
 already unpacked into its cache folder (/var/cache/deviceid-inject/<build id>, as the launcher would),
 so a container starts without unpacking and on a read-only root; and the runtime libraries the binary
-does not carry itself, taken from the Debian 13 (trixie) minbase root build.sh makes for it (a
-release in support; the binary, built against glibc 2.31, runs on trixie's 2.41). Which libraries: those in
+does not carry itself, taken from the Debian 13 (trixie) minbase root build.sh makes for it (a release
+in support; the binary, built against glibc 2.31, runs on trixie's 2.41). Which libraries: those in
 packaging/image-libs.txt, which deploy/Containerfile copies too. The build computes what the binary
 needs (every ELF's DT_NEEDED, transitively, plus libgcc_s.so.1, which glibc loads at a thread's exit)
-and fails when that differs from the list, so the list can neither miss a library nor keep a stale one.
+and fails when that differs from the list, so the list can neither miss a library nor keep a stale
+one.
 """
 
 from __future__ import annotations
