@@ -9,8 +9,9 @@ import os
 import pytest
 from helpers import cni_env, prev_result, run_plugin
 
-from deviceid_inject import cni, vftable
+from deviceid_inject import cni, files, protocol, vftable
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
+from deviceid_inject.state import Busy
 
 FALLBACK = "cni/n6-dpdk-ctr-1_net1"
 
@@ -382,3 +383,22 @@ def test_the_common_add_path_imports_no_bridge_client_netlink_schema_or_udev(mak
     heavy = ("deviceid_inject.bridge", "lightkube", "httpx2", "msgspec", "prometheus_client")
     heavy += ("pyroute2", "jsonschema", "pyudev")
     assert [m for m in second if m.split(".")[0] in heavy or m.startswith(heavy)] == []
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (files.Refused("/run/x is a symlink; deviceid-inject never follows one"), protocol.ERR_INVALID_CONFIG),
+        (files.CannotAccess("cannot write /run/x: Read-only file system"), protocol.ERR_IO),
+        (Busy("/var/lib/cni/deviceid-inject/.lock is held by another run"), protocol.ERR_TRY_AGAIN),
+        (vftable.Ambiguous("mac 02:aa:00:00:00:0c is on more than one VF"), protocol.ERR_AMBIGUOUS_MAC),
+        (PermissionError(13, "Permission denied"), protocol.ERR_IO),
+        (KeyError("pci"), protocol.ERR_INTERNAL),
+    ],
+)
+def test_the_errors_of_the_modules_below_become_protocol_errors_here(error: Exception, code: int) -> None:
+    """files, state and vftable raise errors of their own; the CNI boundary gives each its code,
+    keeping the message that names what is wrong."""
+    converted = cni.as_cni_error(error)
+    assert converted.code == code
+    assert str(error) in converted.msg

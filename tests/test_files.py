@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from deviceid_inject import files
-from deviceid_inject.protocol import ERR_INVALID_CONFIG, ERR_IO, CniError
 
 
 @pytest.fixture
@@ -31,10 +30,11 @@ def linked_root(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "var" / "run" / "devinfo", tmp_path / "run" / "devinfo"
 
 
-def code_of(call, *args) -> int:
-    with pytest.raises(CniError) as err:
+def error_of(call, *args) -> type[files.FileError]:
+    """Which of files' errors `call` raises: Refused (the path is at fault) or CannotAccess."""
+    with pytest.raises(files.FileError) as err:
         call(*args)
-    return err.value.code
+    return type(err.value)
 
 
 # --- inside / require_inside ----------------------------------------------------------------------
@@ -59,7 +59,7 @@ def test_symlink_inside_root_pointing_out_is_not_inside(root: Path, outside: Pat
     (root / "escape").symlink_to(outside)
     assert not files.inside(str(root), str(root / "escape"))
     assert not files.inside(str(root), str(root / "escape" / "x"))
-    assert code_of(files.require_inside, str(root), str(root / "escape" / "x"), "file") == ERR_INVALID_CONFIG
+    assert error_of(files.require_inside, str(root), str(root / "escape" / "x"), "file") is files.Refused
 
 
 def test_symlink_inside_root_pointing_inside_is_inside(root: Path) -> None:
@@ -96,23 +96,23 @@ def test_require_inside_accepts_a_missing_folder_below_root(root: Path) -> None:
 @pytest.mark.parametrize("relative", ["cni/f", "f", "./f"])
 def test_require_inside_rejects_relative_paths(relative: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(root)
-    assert code_of(files.require_inside, str(root), relative, "file") == ERR_INVALID_CONFIG
+    assert error_of(files.require_inside, str(root), relative, "file") is files.Refused
 
 
 @pytest.mark.parametrize("suffix", ["/cni/..", "/cni/.", "/cni/", "/"])
 def test_require_inside_rejects_paths_naming_no_file(root: Path, suffix: str) -> None:
-    assert code_of(files.require_inside, str(root), f"{root}{suffix}", "file") == ERR_INVALID_CONFIG
+    assert error_of(files.require_inside, str(root), f"{root}{suffix}", "file") is files.Refused
 
 
 def test_require_inside_rejects_the_root_itself(root: Path) -> None:
-    assert code_of(files.require_inside, str(root), str(root), "file") == ERR_INVALID_CONFIG
+    assert error_of(files.require_inside, str(root), str(root), "file") is files.Refused
 
 
 def test_require_inside_message_names_what_and_root(root: Path, outside: Path) -> None:
-    with pytest.raises(CniError) as err:
+    with pytest.raises(files.Refused) as err:
         files.require_inside(str(root), str(outside / "f"), "CNIDeviceInfoFile")
-    assert "CNIDeviceInfoFile" in err.value.msg
-    assert str(root) in err.value.msg
+    assert "CNIDeviceInfoFile" in str(err.value)
+    assert str(root) in str(err.value)
 
 
 # --- read_json ------------------------------------------------------------------------------------
@@ -143,12 +143,12 @@ def test_read_json_refuses_a_symlink(tmp_path: Path) -> None:
     real = tmp_path / "real.json"
     real.write_text('{"a": 1}')
     (tmp_path / "link.json").symlink_to(real)
-    assert code_of(files.read_json, str(tmp_path / "link.json")) == ERR_INVALID_CONFIG
+    assert error_of(files.read_json, str(tmp_path / "link.json")) is files.Refused
 
 
 def test_read_json_refuses_a_dangling_symlink(tmp_path: Path) -> None:
     (tmp_path / "link.json").symlink_to(tmp_path / "missing.json")
-    assert code_of(files.read_json, str(tmp_path / "link.json")) == ERR_INVALID_CONFIG
+    assert error_of(files.read_json, str(tmp_path / "link.json")) is files.Refused
 
 
 def open_fds() -> int:
@@ -158,7 +158,7 @@ def open_fds() -> int:
 def test_read_json_refuses_a_directory(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     before = open_fds()
-    assert code_of(files.read_json, str(tmp_path / "d")) == ERR_INVALID_CONFIG
+    assert error_of(files.read_json, str(tmp_path / "d")) is files.Refused
     assert open_fds() == before
 
 
@@ -166,13 +166,13 @@ def test_read_json_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     before = open_fds()
-    assert code_of(files.read_json, str(fifo)) == ERR_INVALID_CONFIG
+    assert error_of(files.read_json, str(fifo)) is files.Refused
     assert open_fds() == before
 
 
 def test_read_json_under_a_file_is_an_io_error(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("{}")
-    assert code_of(files.read_json, str(tmp_path / "plain" / "f.json")) == ERR_IO
+    assert error_of(files.read_json, str(tmp_path / "plain" / "f.json")) is files.CannotAccess
 
 
 # --- write_json -----------------------------------------------------------------------------------
@@ -239,20 +239,20 @@ def test_write_json_does_not_follow_a_symlink_at_the_temp_name(tmp_path: Path, o
     victim = outside / "victim"
     victim.write_text("precious")
     (tmp_path / f".f.json.{os.getpid()}.tmp").symlink_to(victim)
-    assert code_of(files.write_json, str(tmp_path / "f.json"), {"a": 1}, 0o600) == ERR_IO
+    assert error_of(files.write_json, str(tmp_path / "f.json"), {"a": 1}, 0o600) is files.CannotAccess
     assert victim.read_text() == "precious"
     assert not (tmp_path / "f.json").exists()
 
 
 def test_write_json_refuses_a_directory(tmp_path: Path) -> None:
     (tmp_path / "f.json").mkdir()
-    assert code_of(files.write_json, str(tmp_path / "f.json"), {}, 0o600) == ERR_INVALID_CONFIG
+    assert error_of(files.write_json, str(tmp_path / "f.json"), {}, 0o600) is files.Refused
     assert (tmp_path / "f.json").is_dir()
     assert leftovers(tmp_path) == []
 
 
 def test_write_json_into_a_missing_folder_is_an_io_error(tmp_path: Path) -> None:
-    assert code_of(files.write_json, str(tmp_path / "missing" / "f.json"), {}, 0o600) == ERR_IO
+    assert error_of(files.write_json, str(tmp_path / "missing" / "f.json"), {}, 0o600) is files.CannotAccess
     assert not (tmp_path / "missing").exists()
 
 
@@ -270,11 +270,10 @@ def test_write_json_into_a_read_only_folder(tmp_path: Path, monkeypatch: pytest.
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(files.os, "open", read_only_open)
-    with pytest.raises(CniError) as err:
+    with pytest.raises(files.CannotAccess) as err:
         files.write_json(str(folder / "f.json"), {"new": True}, 0o600)
     monkeypatch.undo()
-    assert err.value.code == ERR_IO
-    assert "Read-only file system" in err.value.msg
+    assert "Read-only file system" in str(err.value)
     assert os.listdir(folder) == ["f.json"]
     assert json.loads((folder / "f.json").read_text()) == {"old": True}
 
@@ -287,10 +286,9 @@ def test_write_json_failing_rename_leaves_nothing_behind(tmp_path: Path, monkeyp
         raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
 
     monkeypatch.setattr(files.os, "rename", failing_rename)
-    with pytest.raises(CniError) as err:
+    with pytest.raises(files.CannotAccess):
         files.write_json(str(path), {"new": True}, 0o600)
     monkeypatch.undo()
-    assert err.value.code == ERR_IO
     assert os.listdir(tmp_path) == ["f.json"]
     assert json.loads(path.read_text()) == {"old": True}
 
@@ -360,7 +358,7 @@ def test_remove_a_dangling_symlink(tmp_path: Path) -> None:
 def test_remove_refuses_a_directory(tmp_path: Path) -> None:
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "inner").write_text("x")
-    assert code_of(files.remove, str(tmp_path / "f")) == ERR_IO
+    assert error_of(files.remove, str(tmp_path / "f")) is files.CannotAccess
     assert (tmp_path / "f" / "inner").exists()
 
 
@@ -375,4 +373,4 @@ def test_make_dirs_creates_and_tolerates_existing(tmp_path: Path) -> None:
 
 def test_make_dirs_over_a_file_is_an_io_error(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("x")
-    assert code_of(files.make_dirs, str(tmp_path / "a" / "b")) == ERR_IO
+    assert error_of(files.make_dirs, str(tmp_path / "a" / "b")) is files.CannotAccess

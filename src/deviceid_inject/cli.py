@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__, config, deviceinfo, discovery, udev
+from . import __version__, config, deviceinfo, discovery, files, udev, vftable
 from .log import Log
 from .protocol import SUPPORTED_VERSIONS, CniError, check_ifname
 
@@ -255,8 +255,8 @@ def discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     clues = discovery.Clues(ifname=args.ifname, mac=args.mac, runtime_device_id=args.device_id)
     try:
         found = discovery.discover(clues, host)
-    except CniError as exc:
-        return _say(err, exc.msg, EXIT_NO)
+    except (vftable.Ambiguous, files.FileError) as exc:
+        return _say(err, str(exc), EXIT_NO)
     report: dict[str, Any] = {
         "strategies": [
             {"strategy": a.strategy, "applied": a.outcome.startswith("found "), "outcome": a.outcome}

@@ -12,7 +12,7 @@ import signal
 import threading
 
 from ..cli import EXIT_OK, EXIT_USAGE
-from ..config import DEFAULT_DATA_DIR
+from ..state import DEFAULT_DATA_DIR
 from ..log import LEVELS, Log
 
 DEFAULT_RESYNC = 30.0  # seconds between looks at every Pod again
