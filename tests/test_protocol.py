@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import subprocess
 
 import pytest
 from helpers import cni_env
+from tools import CNI_BIN
 
 from deviceid_inject import protocol
 from deviceid_inject.protocol import (
@@ -266,15 +269,40 @@ def test_read_config_rejects_one_byte_over_the_limit() -> None:
 # --- require_version ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+# The CNI spec's versions (SPEC.md, "Version"; libcni's version.All), written out here and not taken
+# from the code under test. prevResult, and with it chaining, came with 0.3.0: a chained plugin
+# speaks every version from there on.
+SPEC_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+CHAINED_VERSIONS = SPEC_VERSIONS[SPEC_VERSIONS.index("0.3.0") :]
+
+
+@pytest.mark.parametrize("version", CHAINED_VERSIONS)
 @pytest.mark.parametrize("command", ["ADD", "DEL"])
-def test_every_supported_version_is_accepted(command: str, version: str) -> None:
+def test_every_version_of_the_spec_since_chaining_is_accepted(command: str, version: str) -> None:
     require_version(version, command)  # raises CniError when refused
 
 
-def test_supported_versions_are_the_documented_ones() -> None:
-    assert SUPPORTED_VERSIONS == ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-    assert protocol.LATEST_VERSION == "1.1.0"
+def test_version_answers_the_spec_versions_since_chaining() -> None:
+    assert SUPPORTED_VERSIONS == CHAINED_VERSIONS
+    assert SPEC_VERSIONS[-1] == protocol.LATEST_VERSION
+
+
+@pytest.mark.skipif(not (CNI_BIN / "tuning").is_file(), reason="no reference plugins: make setup builds them")
+def test_we_speak_what_the_reference_chained_plugin_speaks_since_chaining() -> None:
+    """The reference `tuning` plugin (a chained plugin too, built from containernetworking/plugins)
+    lists the versions libcni knows: ours are the same from 0.3.0 on, so a new spec version fails
+    here until we speak it."""
+    proc = subprocess.run(
+        [str(CNI_BIN / "tuning")],
+        input=b'{"cniVersion": "1.1.0"}',
+        env={"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    theirs = json.loads(proc.stdout)["supportedVersions"]
+    assert "0.3.0" in theirs
+    assert tuple(theirs[theirs.index("0.3.0") :]) == SUPPORTED_VERSIONS
 
 
 @pytest.mark.parametrize("version", ["0.1.0", "0.2.0", "1.2.0", "2.0.0", "1.1", "", None, 1.1, ["1.1.0"]])
@@ -292,7 +320,7 @@ def test_unknown_versions_are_incompatible(version: object) -> None:
         ("CHECK", "0.4.0", True),
         ("CHECK", "1.0.0", True),
         ("CHECK", "1.1.0", True),
-        *[(cmd, v, v == "1.1.0") for cmd in ("GC", "STATUS") for v in SUPPORTED_VERSIONS],
+        *[(cmd, v, v == "1.1.0") for cmd in ("GC", "STATUS") for v in CHAINED_VERSIONS],
     ],
 )
 def test_commands_with_a_version_floor(command: str, version: str, allowed: bool) -> None:
@@ -346,7 +374,7 @@ def test_new_versions_drop_ip_version(version: str) -> None:
     assert result["ips"] == [{"address": "10.0.0.5/24"}, {"address": "fd00::5/64"}]
 
 
-@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+@pytest.mark.parametrize("version", CHAINED_VERSIONS)
 def test_unknown_fields_pass_through_untouched(version: str) -> None:
     prev = result_with_ips({"address": "10.0.0.5/24", "x-extra": {"deep": [1, 2]}}, "not-an-object")
     prev["interfaces"][0].update({"mtu": 9000, "socketPath": "/run/x.sock", "pciID": "0000:3b:02.1"})
@@ -379,7 +407,7 @@ def test_0_2_0_results_are_rejected(key: str) -> None:
     assert err.value.code == ERR_INCOMPATIBLE_VERSION
 
 
-@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+@pytest.mark.parametrize("version", CHAINED_VERSIONS)
 def test_convert_result_does_not_mutate_its_input(version: str) -> None:
     prev = result_with_ips({"version": "4", "address": "10.0.0.5/24"}, {"address": "fd00::5/64"})
     before = copy.deepcopy(prev)
