@@ -44,7 +44,7 @@ test-python: setup
 # The API test bed's tests (the bridge's RBAC and admission policy, the selection-route policy,
 # Multus writing network-status, the bridge) against kube-apiserver of each other release in support
 # (KUBERNETES_API_VERSIONS in scripts/versions.env; on 1.35 MutatingAdmissionPolicy's beta is turned
-# on as the README says). The node and the rest run on KUBERNETES_VERSION only.
+# on as docs/network-status-routes.md says). The node and the rest run on KUBERNETES_VERSION only.
 test-kubernetes-versions: setup
 	bash scripts/install-tools.sh --api-servers
 	set -e; for v in $$(. scripts/versions.env && echo $$KUBERNETES_API_VERSIONS); do \

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also keep k8s.v1.cni.cncf.io/networks-status (the key Multus before v4 wrote too) equal to "
         "network-status, for readers written for Multus v3; the admission policy must allow it "
-        "(README: the network-status bridge)",
+        "(docs/bridge.md)",
     )
     parser.add_argument("--log-level", choices=sorted(LEVELS), default="info")
 
