@@ -11,18 +11,18 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 	@bash scripts/install-tools.sh
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml testbed/pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]' -e ./testbed
 	touch $(STAMP)
 
 demo: setup image
 	@bash scripts/demo.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests testdata benchmarks packaging scripts
-	$(VENV)/bin/ruff format --check src tests testdata benchmarks packaging scripts
+	$(VENV)/bin/ruff check src tests testbed testdata benchmarks packaging scripts
+	$(VENV)/bin/ruff format --check src tests testbed testdata benchmarks packaging scripts
 
 # The whole suite: lint, every test against `python -m deviceid_inject`, the API test bed's tests
 # again against the other Kubernetes releases in support, then the binary is built and every test

@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from admission import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORKS
+from testbed.admission import (
     BINDING_PATH,
     DISABLED_LABEL,
     POLICY_PATH,
@@ -36,12 +40,8 @@ from admission import (
     selection_of,
     wait_rewrites,
 )
-from helpers import PLACEHOLDER, wait_for
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from kube import Api, ApiServer, apply, namespace
-
-from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORKS
+from testbed.helpers import PLACEHOLDER, wait_for
+from testbed.kube import Api, ApiServer, apply, namespace
 
 pytestmark = [pytest.mark.multus]
 

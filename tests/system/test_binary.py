@@ -17,7 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import REPO, SYSFS, minimal_bullseye, prev_result
+
+from testbed.helpers import REPO, SYSFS, minimal_bullseye, prev_result
 
 EXE = os.environ.get("DEVICEID_INJECT_EXE", "")
 pytestmark = pytest.mark.skipif(not EXE, reason="set DEVICEID_INJECT_EXE to the binary under test")

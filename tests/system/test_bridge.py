@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge import (
+
+from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORK_STATUS, NETWORKS, NETWORKS_STATUS
+from deviceid_inject.state import Store
+from testbed.bridge import (
     MERGE,
     USERNAME,
     BridgeProcess,
@@ -29,13 +32,10 @@ from bridge import (
     record,
     wait_for_policy,
 )
-from helpers import NET1_DEVICE_INFO, VFS, Impl, wait_for
-from kube import Api, ApiError, ApiServer, apply, jwt_claims, network_status, service_account_token
-from multus import NODE, Sandbox, Scene, host_device
-from tools import FIELD_MULTUS
-
-from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORK_STATUS, NETWORKS, NETWORKS_STATUS
-from deviceid_inject.state import Store
+from testbed.helpers import NET1_DEVICE_INFO, VFS, Impl, wait_for
+from testbed.kube import Api, ApiError, ApiServer, apply, jwt_claims, network_status, service_account_token
+from testbed.multus import NODE, Sandbox, Scene, host_device
+from testbed.tools import FIELD_MULTUS
 
 pytestmark = [pytest.mark.netns, pytest.mark.multus]
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import (
+
+from testbed.helpers import (
     NET1_DEVICE_INFO,
     NET1_PCI,
     POD_NETNS,

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import kill_group
-from helpers import (
+
+from testbed.harness import kill_group
+from testbed.helpers import (
     NET1_DEVICE_INFO,
     NET1_PCI,
     Impl,

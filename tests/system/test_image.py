@@ -1,7 +1,8 @@
 """The image deploy/ runs (packaging/image.py, `make image`), checked as an archive and run from its
 own files: what ctr, podman and docker read from it, the binary it holds, the build already unpacked
 for a read-only root, and only the runtime libraries the binary needs. podman loads it, and builds
-deploy/Containerfile into the same files. tests/test_node.py runs it under a real kubelet (ctr)."""
+deploy/Containerfile into the same files. tests/system/test_node.py runs it under a real kubelet
+(ctr)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import Outcome, base_env, run
-from helpers import REPO
-from node import build_our_image
+
+from testbed.harness import Outcome, base_env, run
+from testbed.helpers import REPO
+from testbed.node import build_our_image
 
 EXE = os.environ.get("DEVICEID_INJECT_EXE", "")
 pytestmark = pytest.mark.skipif(not EXE, reason="the image is built from the binary (set DEVICEID_INJECT_EXE)")

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import (
+
+from testbed.helpers import (
     NET1_PF,
     POD_NETNS,
     SYSFS_IAVF,

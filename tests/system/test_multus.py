@@ -10,9 +10,18 @@ rows are the README's Multus matrix.
 from __future__ import annotations
 
 import pytest
-from helpers import NET1_DEVICE_INFO, NET1_PCI, PLACEHOLDER, attachment_state, fallback_name, files_under, read_json
-from multus import NETWORK, THICK, Scene, host_device, macvlan
-from tools import FIELD_MULTUS, MULTUS_V4_VERSIONS, V3_GATED, V3_UNGATED
+
+from testbed.helpers import (
+    NET1_DEVICE_INFO,
+    NET1_PCI,
+    PLACEHOLDER,
+    attachment_state,
+    fallback_name,
+    files_under,
+    read_json,
+)
+from testbed.multus import NETWORK, THICK, Scene, host_device, macvlan
+from testbed.tools import FIELD_MULTUS, MULTUS_V4_VERSIONS, V3_GATED, V3_UNGATED
 
 pytestmark = [pytest.mark.netns, pytest.mark.multus]
 

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge import device_info
-from cluster import Cluster, entry, ready
-from harness import NotReady
-from helpers import PLACEHOLDER, VFS, files_under
-from kube import Watch
-from node import Node, build_our_image
 
 from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS_STATUS
+from testbed.bridge import device_info
+from testbed.cluster import Cluster, entry, ready
+from testbed.harness import NotReady
+from testbed.helpers import PLACEHOLDER, VFS, files_under
+from testbed.kube import Watch
+from testbed.node import Node, build_our_image
 
 pytestmark = [pytest.mark.node]
 

@@ -1,4 +1,4 @@
-"""The selection route applied at admission, on the real node of tests/node.py: deploy/selection-route
+"""The selection route applied at admission, on the real node of testbed.node: deploy/selection-route
 applied with `kubectl apply -k` through a user's overlay (deploy/, the Component, the opted-in
 networks), Multus in thick mode from its own manifest (v4.3.0 and v4.0.2), the bridge off the node.
 
@@ -27,16 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from admission import overlay, remove, selection_of, wait_rewrites
-from bridge import device_info
-from cluster import Cluster, deploy_kustomization, entry, ready
-from harness import Service
-from helpers import PLACEHOLDER, TESTDATA, VFS
-from kube import Seen, Watch
-from node import Node
 
 from deviceid_inject import wait as waiting
 from deviceid_inject.annotations import NETWORK_STATUS
+from testbed.admission import overlay, remove, selection_of, wait_rewrites
+from testbed.bridge import device_info
+from testbed.cluster import Cluster, deploy_kustomization, entry, ready
+from testbed.harness import Service
+from testbed.helpers import PLACEHOLDER, TESTDATA, VFS
+from testbed.kube import Seen, Watch
+from testbed.node import Node
 
 pytestmark = [pytest.mark.node]
 

@@ -25,9 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import served
-from harness import base_env
-from helpers import (
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import event as hypothesis_event
+from hypothesis import strategies as st
+
+from deviceid_inject import cni
+from deviceid_inject import config as configuration
+from deviceid_inject.config import DEFAULT_DATA_DIR, DEFAULT_DEVICE_INFO_ROOT
+from deviceid_inject.protocol import SUPPORTED_VERSIONS
+from testbed import served
+from testbed.harness import base_env
+from testbed.helpers import (
     SYSFS,
     TESTDATA,
     Impl,
@@ -38,14 +46,6 @@ from helpers import (
     run_plugin,
     strict_json,
 )
-from hypothesis import HealthCheck, assume, example, given, settings
-from hypothesis import event as hypothesis_event
-from hypothesis import strategies as st
-
-from deviceid_inject import cni
-from deviceid_inject import config as configuration
-from deviceid_inject.config import DEFAULT_DATA_DIR, DEFAULT_DEVICE_INFO_ROOT
-from deviceid_inject.protocol import SUPPORTED_VERSIONS
 
 pytestmark = [pytest.mark.badinput]
 

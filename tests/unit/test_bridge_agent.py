@@ -21,8 +21,6 @@ from typing import Any
 
 import httpx2
 import pytest
-from bridge import record as bridge_record
-from helpers import loopback_server, wait_for
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from lightkube.core.exceptions import ApiError
@@ -36,6 +34,8 @@ from deviceid_inject.bridge.agent import Bridge, Settings
 from deviceid_inject.bridge.metrics import PREFIX, Metrics
 from deviceid_inject.log import Log
 from deviceid_inject.state import Record, Store
+from testbed.bridge import record as bridge_record
+from testbed.helpers import loopback_server, wait_for
 
 NODE = "node-a"
 UID = "uid-1"

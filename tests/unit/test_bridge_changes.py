@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from bridge import DEVICE_PLUGINS, OTHER_VF, VF, record
 
 from deviceid_inject.annotations import ANNOTATIONS_LIMIT, NETWORK_STATUS, NETWORKS_STATUS
 from deviceid_inject.bridge import changes
 from deviceid_inject.bridge.changes import Refused, pick, with_device_info
 from deviceid_inject.bridge.records import Known
+from testbed.bridge import DEVICE_PLUGINS, OTHER_VF, VF, record
 
 
 def status(*entries: dict) -> str:

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bridge import BridgeProcess
-from helpers import Impl
 
 from deviceid_inject.bridge.metrics import MAX_CONNECTIONS, REQUEST_DEADLINE
+from testbed.bridge import BridgeProcess
+from testbed.helpers import Impl
 
 
 @pytest.fixture

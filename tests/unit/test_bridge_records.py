@@ -10,13 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from bridge import OTHER_VF, UID, VF, record
 
 from deviceid_inject import files
 from deviceid_inject.bridge import records
 from deviceid_inject.bridge.inotify import IN_Q_OVERFLOW, Event
 from deviceid_inject.bridge.records import RecordIndex
 from deviceid_inject.state import Store
+from testbed.bridge import OTHER_VF, UID, VF, record
 
 # --- the index over a real dataDir ---------------------------------------------------------------------
 

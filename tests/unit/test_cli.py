@@ -7,10 +7,10 @@ import os
 import subprocess
 
 import pytest
-from helpers import REPO, TESTDATA, loopback_server, passed_through, plugin_command
-from kube import free_port
 
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
+from testbed.helpers import REPO, TESTDATA, loopback_server, passed_through, plugin_command
+from testbed.kube import free_port
 
 NAD = REPO / "deploy" / "nad-n6-dpdk.yaml"
 

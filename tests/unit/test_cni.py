@@ -7,10 +7,10 @@ import json
 import os
 
 import pytest
-from helpers import cni_env, prev_result, run_plugin
 
 from deviceid_inject import cni, vftable
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
+from testbed.helpers import cni_env, prev_result, run_plugin
 
 FALLBACK = "cni/n6-dpdk-ctr-1_net1"
 

@@ -1,6 +1,6 @@
 """The node's CNI server (`deviceid-inject cni-server`) and the launcher as its client.
 
-Each test starts a server of its own from the binary under test (served.py). The CNI-facing tests
+Each test starts a server of its own from the binary under test (testbed.served). The CNI-facing tests
 run through a server too (DEVICEID_INJECT_VIA_SERVER=1, Makefile); here is what only a server has:
 who may connect, what a bad client costs, deadlines, a killed client or server, SIGTERM, another
 build, and paths the server cannot see. Where a call must have been the server's, its log says so;
@@ -22,12 +22,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import harness
 import pytest
-import served
-from helpers import NET1_PCI, cni_env, read_json, wait_for
 
 from deviceid_inject import wire
+from testbed import harness, served
+from testbed.helpers import NET1_PCI, cni_env, read_json, wait_for
 
 pytestmark = pytest.mark.exec_path  # each test runs its own server, with or without the suite's
 

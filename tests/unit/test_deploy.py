@@ -1,5 +1,6 @@
 """deploy/ as kustomize (the real kubectl's) builds it: what a user applies, before any node runs it.
-tests/test_node.py applies it to a real node; these say what must hold of the manifests themselves."""
+tests/system/test_node.py applies it to a real node; these say what must hold of the manifests
+themselves."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import REPO, kustomize
 
 from deviceid_inject import cli
 from deviceid_inject.config import DEFAULT_DATA_DIR, DEFAULT_DEVICE_INFO_ROOT
+from testbed.helpers import REPO, kustomize
 
 DEPLOY = REPO / "deploy"
 PUBLISHED = "ghcr.io/deviceid-inject/deviceid-inject:0.1.0"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from helpers import SYSFS
 
 from deviceid_inject import discovery, protocol, vftable
 from deviceid_inject.discovery import Clues, Host
 from deviceid_inject.pci import SysfsPci
 from deviceid_inject.protocol import CniError
+from testbed.helpers import SYSFS
 
 
 def host(tree: str, tables=None, **kwargs) -> Host:

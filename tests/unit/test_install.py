@@ -7,7 +7,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from helpers import plugin_command
+from testbed.helpers import plugin_command
 
 
 def install(source: Path, folder: Path) -> subprocess.CompletedProcess:

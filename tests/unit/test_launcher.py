@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO
 
 from deviceid_inject import wire
+from testbed.helpers import REPO
 
 BUILD_ID = "0123456789abcdef0123"
 PROGRAM = """#!/bin/sh

@@ -10,11 +10,11 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import VETH_NOT_PCI, cni_env, host_pci_netdev, needs_root, prev_result, run_plugin
 
 from deviceid_inject import cni, discovery, udev
 from deviceid_inject import netns as pod_netns
 from deviceid_inject.pci import SysfsPci
+from testbed.helpers import VETH_NOT_PCI, cni_env, host_pci_netdev, needs_root, prev_result, run_plugin
 
 pytestmark = needs_root
 HOST_NETNS = f"/proc/{os.getpid()}/ns/net"

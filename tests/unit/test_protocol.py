@@ -7,7 +7,6 @@ import io
 import json
 
 import pytest
-from helpers import cni_env
 
 from deviceid_inject import protocol
 from deviceid_inject.protocol import (
@@ -22,6 +21,7 @@ from deviceid_inject.protocol import (
     read_config,
     require_version,
 )
+from testbed.helpers import cni_env
 
 CONTAINER_ID = "0d5f0a7e1c2b"
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from helpers import host_pci_netdev
-
 from deviceid_inject import udev
 from deviceid_inject.log import Log
 from deviceid_inject.pci import SysfsPci
+from testbed.helpers import host_pci_netdev
 
 
 def test_describe_agrees_with_plain_sysfs_on_driver_and_ids():

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import plugin_command
 
 from deviceid_inject import wait as waiting
 from deviceid_inject.annotations import NETWORK_STATUS
 from deviceid_inject.wait import Wanted
+from testbed.helpers import plugin_command
 
 VF = {"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:3b:02.3"}}
 N6 = {"name": "ran/n6-dpdk", "interface": "net1", "mac": "02:00:00:00:00:01"}

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import Outcome, Service, base_env, run
-from helpers import SYSFS_IAVF, cni_env, passed_through, read_json
-from kube import Api, nad, namespace, network_status, pod
-from tools import FIELD_MULTUS, MULTUS_V3_VERSIONS, MULTUS_V4_VERSIONS
-from tools import multus as multus_tool
+from testbed.harness import Outcome, Service, base_env, run
+from testbed.helpers import SYSFS_IAVF, cni_env, passed_through, read_json
+from testbed.kube import Api, nad, namespace, network_status, pod
+from testbed.tools import FIELD_MULTUS, MULTUS_V3_VERSIONS, MULTUS_V4_VERSIONS
+from testbed.tools import multus as multus_tool
 
 MULTUS_VERSIONS = MULTUS_V4_VERSIONS + MULTUS_V3_VERSIONS
 CHECKPOINT = "device-plugins/kubelet_internal_checkpoint"

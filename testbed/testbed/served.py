@@ -20,8 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import harness
-from tools import REPO
+from testbed import harness
+from testbed.tools import REPO
 
 VIA_SERVER = os.environ.get("DEVICEID_INJECT_VIA_SERVER") == "1"
 SOURCE_BUILD_ID = "5011dce"  # the build id of a launcher made here around the sources

@@ -5,7 +5,7 @@ containerd with runc, kubelet and kube-proxy (all of tools.KUBERNETES_VERSION an
 reference bridge + host-local plugins as its primary CNI. Every one of its processes runs inside:
 
 - a network namespace of its own, whose node address is NODE_IP on a veth pair inside it (the kubelet
-  refuses a loopback node IP); the tests reach its API server through tests/forward.py, a forwarder
+  refuses a loopback node IP); the tests reach its API server through testbed.forward, a forwarder
   from the host's loopback;
 - a mount namespace of its own, made private from the host's, in which scratch folders of the node's
   root are bound over /run, /var/lib, /var/log, /var/cache and /opt, /etc is an overlay whose
@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tools
-from harness import NotReady, Outcome, Service, base_env, run
-from helpers import wait_for
-from kube import Api, ApiError, api_ready
+from testbed import tools
+from testbed.harness import NotReady, Outcome, Service, base_env, run
+from testbed.helpers import wait_for
+from testbed.kube import Api, ApiError, api_ready
 
 NODE_NAME = "dit-node"
 NODE_IP = "198.18.0.1"  # RFC 2544's benchmarking range: never a real network
@@ -57,7 +57,7 @@ CLUSTER_CIDR = "10.244.0.0/16"
 # Pods of the benchmark. Not ours to fix; a range this size outlasts any run here.
 POD_SUBNET = CLUSTER_CIDR
 PAUSE_IMAGE = "localhost/deviceid-inject-test/pause:1"
-TESTS = Path(__file__).resolve().parent
+FORWARD = Path(__file__).resolve().with_name("forward.py")
 
 # What the kubelet wants these host-wide sysctls to be (pkg/kubelet/cm setupKernelTunables). It would
 # write them into the host's kernel; inside the node they are files of its own holding those values.
@@ -405,7 +405,7 @@ class Node:
         port_file = self.root / "api.port"
         forward = self._service(
             "forward",
-            [sys.executable, str(TESTS / "forward.py"), self.netns, f"{NODE_IP}:{API_PORT}", str(port_file)],
+            [sys.executable, str(FORWARD), self.netns, f"{NODE_IP}:{API_PORT}", str(port_file)],
             inside=False,
         )
         forward.wait_until(port_file.exists, 30, "listening")
@@ -599,8 +599,8 @@ class Node:
 SANDBOX_RETURNS = re.compile(
     r'time="([^"]+)" level=info msg="RunPodSandbox for name:\\"[^\\]+\\" uid:\\"([^\\]+)\\".*? returns sandbox id'
 )
-PAUSE_SOURCE = TESTS.parent / "testdata" / "node" / "pause.c"
-IMAGE_TOOL = TESTS.parent / "packaging" / "image.py"
+PAUSE_SOURCE = tools.REPO / "testdata" / "node" / "pause.c"
+IMAGE_TOOL = tools.REPO / "packaging" / "image.py"
 
 
 def build_image(reference: str, archive: Path, files: dict[str, Path], entrypoint: list[str], **options: Any) -> None:

@@ -1,4 +1,4 @@
-"""What a user puts on the test node (tests/node.py), done the way a user does it: images imported with
+"""What a user puts on the test node (testbed.node), done the way a user does it: images imported with
 `ctr images import`, Multus from its own deployments/multus-daemonset-thick.yml with only the image
 reference changed, deploy/ applied with `kubectl apply -k` through an overlay of one line, the field's
 NetworkAttachmentDefinition, and Pods created with kubectl and read back through the API.
@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tools
-from harness import Outcome
-from helpers import REPO, SYSFS_IAVF
-from kube import ApiError, network_status
-from multus import field_nad
-from node import PAUSE_IMAGE, Node, build_image
-
 from deviceid_inject.annotations import NETWORKS
+from testbed import tools
+from testbed.harness import Outcome
+from testbed.helpers import REPO, SYSFS_IAVF
+from testbed.kube import ApiError, network_status
+from testbed.multus import field_nad
+from testbed.node import PAUSE_IMAGE, Node, build_image
 
 TEST_IMAGES = "localhost/deviceid-inject-test"
 DEPLOY = REPO / "deploy"

@@ -11,7 +11,7 @@ import os
 import shlex
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # this is testbed/testbed/tools.py in the repository
 TOOLS = REPO / ".tools"
 VERSIONS_FILE = REPO / "scripts" / "versions.env"
 
@@ -39,7 +39,7 @@ MULTUS_V3_VERSIONS = tuple(VERSIONS["MULTUS_V3_VERSIONS"].split())
 V3_UNGATED, V3_GATED = MULTUS_V3_VERSIONS
 THICK_MULTUS = VERSIONS["THICK_MULTUS"]
 FIELD_MULTUS = VERSIONS["FIELD_MULTUS"]
-# The API test bed's kube-apiserver (tests/kube.py): KUBERNETES_VERSION's, or one of
+# The API test bed's kube-apiserver (testbed.kube): KUBERNETES_VERSION's, or one of
 # KUBERNETES_API_VERSIONS named by DEVICEID_INJECT_KUBE_APISERVER (make test-kubernetes-versions).
 APISERVER_VERSION = os.environ.get("DEVICEID_INJECT_KUBE_APISERVER") or KUBERNETES_VERSION
 # MutatingAdmissionPolicy: GA and on from 1.36; beta (admissionregistration.k8s.io/v1beta1, off

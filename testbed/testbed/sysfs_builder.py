@@ -1,7 +1,7 @@
 """Builds sysfs-shaped fixture trees: the same folders, files and relative symlinks as a real
 /sys, for the few entries deviceid-inject reads.
 
-`python testdata/sysfs_builder.py` regenerates the committed trees under testdata/sysfs/;
+`python -m testbed.sysfs_builder` regenerates the committed trees under testdata/sysfs/;
 benchmarks use Tree to make hosts with many VFs.
 """
 
@@ -133,6 +133,8 @@ def build_all(base: str) -> None:
 
 
 if __name__ == "__main__":
-    target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "sysfs")
+    here = os.path.dirname(os.path.abspath(__file__))  # testbed/testbed in the repository
+    repo = os.path.dirname(os.path.dirname(here))
+    target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(repo, "testdata", "sysfs")
     shutil.rmtree(target, ignore_errors=True)
     build_all(target)

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tools
 import yaml
-from helpers import PLACEHOLDER, REPO, kustomize, loopback_server, wait_for
-from kube import Api, ApiError
 
 from deviceid_inject.annotations import NETWORKS
+from testbed import tools
+from testbed.helpers import PLACEHOLDER, REPO, kustomize, loopback_server, wait_for
+from testbed.kube import Api, ApiError
 
 DEPLOY = REPO / "deploy"
 SELECTION_ROUTE = DEPLOY / "selection-route"
@@ -49,7 +49,7 @@ def opted_in(networks: Sequence[str]) -> str:
 
 def overlay(folder: Path, networks: Sequence[str] | None, base: dict[str, Any] | None = None) -> Path:
     """A user's overlay that opts in: the Component and its networks (None: the Component as shipped);
-    with `base` (tests/cluster.py's deploy_kustomization for `folder`), also deploy/ itself as the
+    with `base` (testbed.cluster's deploy_kustomization for `folder`), also deploy/ itself as the
     node has it, else the Component alone."""
     folder.mkdir(parents=True, exist_ok=True)
     kustomization: dict[str, Any] = {"components": [os.path.relpath(SELECTION_ROUTE, folder)]}

@@ -1,7 +1,7 @@
 """A TCP forwarder from the host's loopback into a network namespace: how the tests (in the host's
 netns) reach the test node's API server, which listens on the node's own address in the node's netns.
 
-    python tests/forward.py NETNS_PATH TARGET_HOST:PORT PORT_FILE
+    python testbed/testbed/forward.py NETNS_PATH TARGET_HOST:PORT PORT_FILE
 
 The listening socket is made first, on 127.0.0.1 in the caller's netns, and its port written to
 PORT_FILE; then the process enters NETNS_PATH, so every connection it opens to TARGET is made from

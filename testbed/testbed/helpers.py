@@ -1,7 +1,7 @@
-"""Test helpers, imported as a plain module (`from helpers import ...`); the fixtures are in conftest.
+"""Test helpers (`from testbed.helpers import ...`); the fixtures are in tests/conftest.py.
 
-- Paths and constants defined once: REPO, TESTDATA, SYSFS, CONFLISTS, the cnitool folder, the
-  vf-iavf fixture's net1, the CNI versions we speak.
+- Paths and constants defined once: REPO (tools'), TESTDATA, SYSFS, CONFLISTS, the cnitool folder,
+  the vf-iavf fixture's net1, the CNI versions we speak.
 - Running the plugin as a runtime would: `cni_env` (the one builder of a CNI environment),
   `run_plugin`, `plugin_command`. DEVICEID_INJECT_EXE names the executable under test (the
   Nuitka binary); unset, it is `python -m deviceid_inject`.
@@ -30,17 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import harness
 import pytest
-import served
-import tools
 import yaml
-from harness import Outcome, base_env
-from tools import CNI_BIN, CNITOOL
 
 from deviceid_inject.protocol import SUPPORTED_VERSIONS
+from testbed import harness, served, tools
+from testbed.harness import Outcome, base_env
+from testbed.tools import CNI_BIN, CNITOOL, REPO
 
-REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO / "testdata"
 SYSFS = TESTDATA / "sysfs"
 CONFLISTS = TESTDATA / "conflists"
@@ -161,7 +158,7 @@ class Impl:
 
 
 def implementations() -> list[Any]:
-    if served.VIA_SERVER:  # the launcher in front of a running server (served.py, conftest)
+    if served.VIA_SERVER:  # the launcher in front of a running server (served.py, tests/conftest.py)
         return [pytest.param("served", id="served")]
     impls = [pytest.param("python", id="python")]
     if os.environ.get("DEVICEID_INJECT_EXE"):

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tools
-from harness import Service
-from helpers import TESTDATA, wait_for
-
 from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS
+from testbed import tools
+from testbed.harness import Service
+from testbed.helpers import TESTDATA, wait_for
 
 APISERVER = tools.kube("kube-apiserver", tools.APISERVER_VERSION)
 ETCD = tools.ETCD
@@ -134,7 +133,7 @@ class Api:
 
 
 class ApiServer:
-    """etcd and kube-apiserver in `workdir`, listening on 127.0.0.1 only (tests/harness.py runs them)."""
+    """etcd and kube-apiserver in `workdir`, listening on 127.0.0.1 only (testbed.harness runs them)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir

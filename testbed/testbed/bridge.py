@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from harness import NotReady, Service, base_env
-from helpers import REPO, passed_through, wait_for
-from kube import Api, ApiError, ApiServer, apply, namespace, node, service_account_token
 
 from deviceid_inject.annotations import NETWORK_STATUS, NETWORKS_STATUS
 from deviceid_inject.state import Record
+from testbed.harness import NotReady, Service, base_env
+from testbed.helpers import REPO, passed_through, wait_for
+from testbed.kube import Api, ApiError, ApiServer, apply, namespace, node, service_account_token
 
 DEPLOY = REPO / "deploy"
 ACCOUNT_NAMESPACE = "kube-system"
