@@ -12,7 +12,7 @@ The keys the runtime fills in per attachment (prevResult, runtimeConfig, the GC 
 differ on every run, so they are left out of the entry and checked on every run by
 `_attachment_errors`, by hand, because only a hand-written check is cheaper than importing
 jsonschema. Those checks are a second statement of what schema.json says of those keys; the
-differential fuzz test in tests/test_bad_input.py (a config first seen against the same
+differential fuzz test in tests/unit/test_bad_input.py (a config first seen against the same
 config answered from the cache) fails as soon as the two disagree.
 """
 
