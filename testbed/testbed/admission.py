@@ -61,7 +61,7 @@ def overlay(folder: Path, networks: Sequence[str] | None, base: dict[str, Any] |
             {"op": "replace", "path": "/spec/variables/0/expression", "value": opted_in(networks)},
         ]
         patches.append({"target": {"kind": "MutatingAdmissionPolicy", "name": NAME}, "patch": json.dumps(patch)})
-    if tools.MUTATING_POLICY_BETA:  # 1.35: the README's two patches
+    if tools.MUTATING_POLICY_BETA:  # 1.35: docs/network-status-routes.md's two patches
         for kind in ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"):
             to_beta = [{"op": "replace", "path": "/apiVersion", "value": tools.MUTATING_POLICY_API}]
             target = {"group": "admissionregistration.k8s.io", "version": "v1", "kind": kind}

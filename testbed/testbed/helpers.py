@@ -52,7 +52,7 @@ NET1_DEVICE_INFO = {"type": "pci", "version": "1.1.0", "pci": {"pci-address": NE
 # The selection route's deviceID: a PCI address no host has, which the plugin treats as absent.
 PLACEHOLDER = "0000:00:00.0"
 
-# Codes the README documents; 199 ("a bug of ours") is never acceptable.
+# Codes docs/discovery-and-state.md documents; 199 ("a bug of ours") is never acceptable.
 DOCUMENTED_CODES = frozenset({1, 4, 5, 6, 7, 11, 50, 100, 101, 102})
 OUTPUT_COMMANDS = ("ADD", "VERSION")  # the commands that print something on success
 
@@ -316,7 +316,7 @@ def strict_json(text: str) -> Any:
 
 
 def contract_violations(command: str, code: int, stdout: str, stderr: str) -> list[str]:
-    """What is wrong with one plugin run's output by the CNI spec and the README; [] when nothing.
+    """What is wrong with one plugin run's output by the CNI spec and docs/discovery-and-state.md; [] when nothing.
 
     Success: exit 0, a result object (ADD) or version object (VERSION) on stdout, else nothing.
     Failure: exit non-zero and exactly one error object {cniVersion, code, msg, details} with a

@@ -208,7 +208,7 @@ class ApiServer:
             "--enable-priority-and-fairness=false",
             "--profiling=false",
         ]  # fmt: skip
-        if tools.MUTATING_POLICY_BETA:  # 1.35: the README's way to turn the beta on
+        if tools.MUTATING_POLICY_BETA:  # 1.35: docs/network-status-routes.md's way to turn the beta on
             argv += ["--feature-gates", "MutatingAdmissionPolicy=true",
                      "--runtime-config", f"{tools.MUTATING_POLICY_API}=true"]  # fmt: skip
         self.apiserver = Service("kube-apiserver", argv, self.workdir / "kube-apiserver.log").start()

@@ -293,7 +293,7 @@ def field_nad(
 
 def host_device(peer: str, declare_device_id: bool = False) -> dict[str, Any]:
     """The stand-in for akshci-iov: it moves a device of its own choosing into the pod. It does not
-    declare deviceID, as the README asks of the SR-IOV plugin on the selection route."""
+    declare deviceID, as docs/network-status-routes.md asks of the SR-IOV plugin on the selection route."""
     capabilities = {"ips": True, **({"deviceID": True} if declare_device_id else {})}
     return {"type": "host-device", "device": peer, "capabilities": capabilities}
 

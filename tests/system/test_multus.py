@@ -112,7 +112,7 @@ def test_v4_selection_route_a_placeholder_device_id_brings_our_device_info(scene
 
 
 def test_v4_selection_route_breaks_a_first_plugin_that_takes_the_placeholder(scene: Scene):
-    """Why the README says not to declare deviceID on the SR-IOV plugin: host-device, given the
+    """Why docs/network-status-routes.md says not to declare deviceID on the SR-IOV plugin: host-device, given the
     placeholder as runtimeConfig.deviceID, looks for that PCI function and fails the ADD."""
     box = scene.sandbox("upf-0", selection(deviceID=PLACEHOLDER))
     scene.create_nad(host_device(box.peer, declare_device_id=True))

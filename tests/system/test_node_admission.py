@@ -3,7 +3,7 @@ applied with `kubectl apply -k` through a user's overlay (deploy/, the Component
 networks), Multus in thick mode from its own manifest (v4.3.0 and v4.0.2), the bridge off the node.
 
 Pods are created with kubectl in the text form, as their owners wrote them; the field's NAD has the
-SR-IOV stand-in without the deviceID capability (the README's condition for this route). What the
+SR-IOV stand-in without the deviceID capability (docs/network-status-routes.md: this route's condition). What the
 workload sees is read in its first line: its init container runs `deviceid-inject wait-device-info
 --timeout 0`, which reads the downward API's annotations file once and fails when device-info is not
 there (the kubelet then starts it again). Every version of that file is also read from inside the

@@ -918,7 +918,7 @@ def pairs(text: str) -> Any:
 
 def ours_to_fill(text: str) -> int | None:
     """The index of the one entry the bridge should give device-info, from a plain reading of the
-    rules (README: the network-status bridge); None where it should leave the Pod alone."""
+    rules (docs/bridge.md); None where it should leave the Pod alone."""
     try:
         value = pairs(text)
     except (ValueError, RecursionError):
