@@ -6,23 +6,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-python test-binary test-via-server test-kubernetes-versions lint build image bench bench-quick clean
+.PHONY: setup demo test test-python test-unit test-system test-binary test-via-server test-kubernetes-versions lint build image bench bench-quick clean
 
 setup: $(STAMP)
 	@bash scripts/install-tools.sh
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml testbed/pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]' -e ./testbed
 	touch $(STAMP)
 
 demo: setup image
 	@bash scripts/demo.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests testdata benchmarks packaging scripts
-	$(VENV)/bin/ruff format --check src tests testdata benchmarks packaging scripts
+	$(VENV)/bin/ruff check src tests testbed testdata benchmarks packaging scripts
+	$(VENV)/bin/ruff format --check src tests testbed testdata benchmarks packaging scripts
 
 # The whole suite: lint, every test against `python -m deviceid_inject`, the API test bed's tests
 # again against the other Kubernetes releases in support, then the binary is built and every test
@@ -41,14 +41,23 @@ test: lint setup
 test-python: setup
 	$(PY) -m pytest
 
+# The unit tests only (tests/unit: the plugin itself, in process or run, in real netns and veths).
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+# The system tests only (tests/system: cnitool, Multus, kube-apiserver, the node, the binary...).
+test-system: setup
+	$(PY) -m pytest tests/system
+
 # The API test bed's tests (the bridge's RBAC and admission policy, the selection-route policy,
 # Multus writing network-status, the bridge) against kube-apiserver of each other release in support
 # (KUBERNETES_API_VERSIONS in scripts/versions.env; on 1.35 MutatingAdmissionPolicy's beta is turned
-# on as the README says). The node and the rest run on KUBERNETES_VERSION only.
+# on as docs/network-status-routes.md says). The node and the rest run on KUBERNETES_VERSION only.
 test-kubernetes-versions: setup
 	bash scripts/install-tools.sh --api-servers
 	set -e; for v in $$(. scripts/versions.env && echo $$KUBERNETES_API_VERSIONS); do \
-		DEVICEID_INJECT_KUBE_APISERVER=$$v $(PY) -m pytest tests/test_admission.py tests/test_bridge.py tests/test_multus.py; \
+		DEVICEID_INJECT_KUBE_APISERVER=$$v $(PY) -m pytest \
+			tests/system/test_admission.py tests/system/test_bridge.py tests/system/test_multus.py; \
 	done
 
 # dist/deviceid-inject: the one-file binary for /opt/cni/bin, built in a cached Debian bullseye
@@ -62,13 +71,13 @@ image: $(STAMP) build
 	$(PY) packaging/image.py deviceid-inject
 
 # The whole suite again, against the binary instead of `python -m deviceid_inject`; the tests on
-# the real node (tests/test_node.py) run only here, against the image built from it. Then the
-# CNI-facing tests once more with every call going through the node's CNI server (started from the
-# same binary; a call that fell back instead would fail them: tests/conftest.py, via_server).
+# the real node (tests/system/test_node.py) run only here, against the image built from it. Then
+# the CNI-facing tests once more with every call going through the node's CNI server (started from
+# the same binary; a call that fell back instead would fail them: tests/conftest.py, via_server).
 # test_multus.py is not among them: its Multus runs in a mount namespace of its own (a private /run
 # and /var/lib), where the server rightly hands every call back (docs/cni-server.md).
-VIA_SERVER_TESTS := tests/test_cni.py tests/test_netns.py tests/test_bad_input.py tests/test_cnitool.py \
-	tests/test_faults.py tests/test_load.py
+VIA_SERVER_TESTS := tests/unit/test_cni.py tests/unit/test_netns.py tests/unit/test_bad_input.py \
+	tests/system/test_cnitool.py tests/system/test_faults.py tests/system/test_load.py
 test-binary: setup build image
 	DEVICEID_INJECT_EXE=$(CURDIR)/dist/deviceid-inject $(PY) -m pytest
 	DEVICEID_INJECT_EXE=$(CURDIR)/dist/deviceid-inject DEVICEID_INJECT_VIA_SERVER=1 $(PY) -m pytest $(VIA_SERVER_TESTS)

@@ -3,8 +3,6 @@
 # and runs on any x86_64 Linux with glibc 2.31 or newer (Debian 11, Ubuntu 20.04, RHEL 9...).
 #
 #   ./build.sh                    build dist/deviceid-inject (and dist/build-info.txt)
-#   ./build.sh install [DESTDIR]  copy it to DESTDIR/opt/cni/bin/deviceid-inject (0755, by rename)
-#                                 and run it once with --version to unpack it into its cache
 #   ./build.sh hello              build .build/hello/deviceid-inject the same way from
 #                                 benchmarks/floor (stdin to stdout): the benchmark's floor
 #   ./build.sh prepare            steps 1 to 2b only (the roots, the Python, the venv): what
@@ -93,35 +91,7 @@ die() {
   exit 1
 }
 
-# ---------------------------------------------------------------- install [DESTDIR]
-install_binary() {
-  local dest=${1:-} bin_dir tmp
-  [ -x "$DIST/$BIN" ] || die "no $DIST/$BIN: run ./build.sh first"
-  bin_dir=$dest/opt/cni/bin
-  mkdir -p "$bin_dir"
-  # a temporary name in the same folder, then rename: a runtime starting the plugin meanwhile
-  # finds the old file or the new one, never half a file; running copies keep their inode
-  tmp=$(mktemp "$bin_dir/.$BIN.XXXXXX")
-  trap 'rm -f "$tmp"' EXIT
-  cp "$DIST/$BIN" "$tmp"
-  chmod 0755 "$tmp"
-  mv -f "$tmp" "$bin_dir/$BIN"
-  trap - EXIT
-  echo "installed $bin_dir/$BIN"
-  if [ -n "$dest" ]; then
-    # staging an image: warm the cache that belongs to it, not this machine's
-    DEVICEID_INJECT_CACHE=$(realpath "$dest")/var/cache/$BIN
-    export DEVICEID_INJECT_CACHE
-    mkdir -p "$(dirname "$DEVICEID_INJECT_CACHE")"
-  fi
-  "$bin_dir/$BIN" --version
-}
-
-if [ "${1:-}" = install ]; then
-  install_binary "${2:-}"
-  exit 0
-fi
-[ $# -eq 0 ] || die "usage: ./build.sh | ./build.sh install [DESTDIR] | ./build.sh hello | ./build.sh prepare"
+[ $# -eq 0 ] || die "usage: ./build.sh | ./build.sh hello | ./build.sh prepare (install: dist/deviceid-inject install)"
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mount)"
 mkdir -p "$BUILD"
 exec 9>"$BUILD/.lock"

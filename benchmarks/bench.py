@@ -42,9 +42,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testbed import sysfs_builder
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "testdata"))
-import sysfs_builder  # noqa: E402
 
 
 @dataclass

@@ -4,7 +4,7 @@
 
 One run, one implementation: `--exe PATH` (the binary, which is then also the plugin in the
 NADs' chains), else `.venv/bin/python -m deviceid_inject`. On a scratch etcd + kube-apiserver
-(tests/kube.py) with deploy/'s RBAC and policy (tests/bridge.py), the agent runs for node-a with
+(testbed.kube) with deploy/'s RBAC and policy (testbed.bridge), the agent runs for node-a with
 its own node-bound token at --log-level info, and real Multus v4.0.2 attaches N Pods (100, or 20
 with --quick) a few at a time, each through a NAD of its own [host-device, deviceid-inject naming
 its own VF of the vf-iavf fixture]; Multus writes network-status without device-info, the agent
@@ -38,7 +38,6 @@ import socket
 import ssl
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,19 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deviceid_inject.bridge.main import DEFAULT_RESYNC
+from deviceid_inject.state import Store
+from testbed.bridge import BridgeProcess, agent_api, device_info, install, record
+from testbed.helpers import CNI_BIN, VFS, have_cni_tools
+from testbed.kube import Api, ApiServer, missing_tools, network_status
+from testbed.multus import NODE, Scene, host_device, multus_binary
+from testbed.tools import FIELD_MULTUS
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "testdata"))
-
-from bridge import BridgeProcess, agent_api, device_info, install, record  # noqa: E402
-from helpers import CNI_BIN, VFS, have_cni_tools  # noqa: E402
-from kube import Api, ApiServer, missing_tools, network_status  # noqa: E402
-from multus import NODE, Scene, host_device, multus_binary  # noqa: E402
-from tools import FIELD_MULTUS  # noqa: E402
-
-from deviceid_inject.bridge.main import DEFAULT_RESYNC  # noqa: E402
-from deviceid_inject.state import Store  # noqa: E402
-
 MULTUS = FIELD_MULTUS
 LATENCY = "deviceid_inject_bridge_patch_latency_seconds"
 TICK = os.sysconf("SC_CLK_TCK")

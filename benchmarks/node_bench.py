@@ -1,6 +1,6 @@
 """Pod start-up on a real node, with and without deviceid-inject (`make bench`; `--quick` in `make test`).
 
-The node of tests/node.py (kubelet, containerd, Multus thick from its own manifest, deploy/ applied as
+The node of testbed.node (kubelet, containerd, Multus thick from its own manifest, deploy/ applied as
 the tests apply it, the image built from the binary). Each variant's Pods are created through the API,
 5 at a time, in waves that take turns between the variants (shuffled each round), so drift on this
 shared machine spreads over all of them. Times are taken on this side of one watch of the namespace:
@@ -37,19 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deviceid_inject.annotations import NETWORKS
+from testbed import admission, kube, tools
+from testbed.cluster import Cluster, build_multus_image, entry, image_reference, ready
+from testbed.helpers import PLACEHOLDER, VFS
+from testbed.kube import Seen, Watch
+from testbed.node import Node
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "testdata")]
-
-import admission  # noqa: E402
-import kube  # noqa: E402
-import tools  # noqa: E402
-from cluster import Cluster, build_multus_image, entry, image_reference, ready  # noqa: E402
-from helpers import PLACEHOLDER, VFS  # noqa: E402
-from kube import Seen, Watch  # noqa: E402
-from node import Node  # noqa: E402
-
-from deviceid_inject.annotations import NETWORKS  # noqa: E402
-
 WAVE = 5
 
 

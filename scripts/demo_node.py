@@ -1,6 +1,6 @@
 """The demo's last part: deviceid-inject on a real node, as a user installs it.
 
-A single-node Kubernetes cluster (tests/node.py: kubelet, containerd, kube-proxy and the control plane,
+A single-node Kubernetes cluster (testbed.node: kubelet, containerd, kube-proxy and the control plane,
 in namespaces of their own on this machine), Multus v4.3.0 thick from its own manifest, deploy/ applied
 with `kubectl apply -k` through a one-line overlay, the field's NAD, and a Pod whose init container
 prints its device-info. Run by scripts/demo.sh after `make image`; everything it makes is removed on
@@ -15,14 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from testbed import tools
+from testbed.cluster import Cluster, build_multus_image, entry, image_reference
+from testbed.kube import Watch
+from testbed.node import Node
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "testdata")]
-
-import tools  # noqa: E402
-from cluster import Cluster, build_multus_image, entry, image_reference  # noqa: E402
-from kube import Watch  # noqa: E402
-from node import Node  # noqa: E402
-
 IMAGE = REPO / "dist" / "deviceid-inject-image.tar"
 VF = "0000:3b:02.3"  # the vf-iavf fixture's net1
 

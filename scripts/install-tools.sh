@@ -13,7 +13,7 @@
 # Usage: scripts/install-tools.sh [--api-servers]
 #   --api-servers  also kube-apiserver of each KUBERNETES_API_VERSIONS (the other releases in support),
 #                  for `make test-kubernetes-versions` (part of `make test`)
-# (tests/test_cnitool.py drives the real chains these tools make possible)
+# (tests/system/test_cnitool.py drives the real chains these tools make possible)
 set -euo pipefail
 
 # ---- pinned versions: scripts/versions.env, the one place they are written ----
@@ -23,7 +23,7 @@ read -r -a CNI_PLUGINS <<<"$CNI_PLUGINS"
 # iptables and conntrack: kube-proxy on the test node; libseccomp-dev and pkg-config: runc's seccomp;
 # libc6-dev: gcc's static libc for the test node's pause program; busybox-static: the `cp` in
 # Multus v4.0.2's image; binutils: objdump and readelf for the image's runtime libraries; podman:
-# loads the image archive and builds deploy/Containerfile (tests/test_image.py).
+# loads the image archive and builds deploy/Containerfile (tests/system/test_image.py).
 APT_PACKAGES=(iproute2 ethtool patchelf util-linux jq time gcc libc6-dev etcd-server openssl iptables conntrack
     libseccomp-dev pkg-config busybox-static binutils podman)
 
@@ -188,7 +188,7 @@ for v in $MULTUS_V4_VERSIONS; do
     fi
 done
 # Multus's own parser of a Pod's network selection (k8sclient.GetPodNetwork) as a program, for every v4
-# version: tests/test_admission.py holds deploy/selection-route's policy against it.
+# version: tests/system/test_admission.py holds deploy/selection-route's policy against it.
 for v in $MULTUS_V4_VERSIONS; do
     build_module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v4 "$v" "$K8S_TOOLS/multus-selection-$v" \
         "FILE=cmd/parse-selection/main.go=$REPO/testdata/multus/parse-selection.go" -- ./cmd/parse-selection

@@ -1,5 +1,6 @@
-"""Fixtures shared by every test module (plain helpers are in helpers.py): the implementation
-under test, scratch configs and roots, real netns and veths, cnitool in an isolated cache.
+"""Fixtures shared by every test module, unit and system (plain helpers are in testbed.helpers):
+the implementation under test, scratch configs and roots, real netns and veths, cnitool in an
+isolated cache.
 
 Every namespace and link a test makes is removed in the fixture's teardown, also when the test fails.
 """
@@ -17,16 +18,14 @@ from typing import Any
 
 import pytest
 
-pytest.register_assert_rewrite("helpers", "kube", "multus", "node", "cluster", "harness", "admission", "served")
+pytest.register_assert_rewrite("testbed")
 
-import served  # noqa: E402
-import tools  # noqa: E402
-from admission import MultusParsers  # noqa: E402
-from cluster import Cluster, build_multus_image, image_reference  # noqa: E402
-from helpers import (  # noqa: E402
+from testbed import served, tools  # noqa: E402
+from testbed.admission import MultusParsers  # noqa: E402
+from testbed.cluster import Cluster, build_multus_image, image_reference  # noqa: E402
+from testbed.helpers import (  # noqa: E402
     CNI_BIN,
     SYSFS,
-    TESTDATA,
     Cnitool,
     Impl,
     have_cni_tools,
@@ -34,11 +33,9 @@ from helpers import (  # noqa: E402
     ip,
     prev_result,
 )
-from kube import ApiServer, missing_tools  # noqa: E402
-from multus import Scene  # noqa: E402
-from node import Node  # noqa: E402
-
-sys.path.insert(0, str(TESTDATA))
+from testbed.kube import ApiServer, missing_tools  # noqa: E402
+from testbed.multus import Scene  # noqa: E402
+from testbed.node import Node  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -249,7 +246,7 @@ def host_veth() -> Iterator[Callable[[], tuple[str, str]]]:
             subprocess.run(["ip", "link", "del", host], capture_output=True)
 
 
-# --- the Kubernetes test bed (tests/kube.py, tests/multus.py) ------------------------------------
+# --- the Kubernetes test bed (testbed.kube, testbed.multus) --------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -272,7 +269,7 @@ def kube(tmp_path_factory) -> Iterator[ApiServer]:
 
 @pytest.fixture(scope="session")
 def multus_parsers() -> Iterator[MultusParsers]:
-    """Multus's own parser of a Pod's network selection, of every v4 version (tests/admission.py)."""
+    """Multus's own parser of a Pod's network selection, of every v4 version (testbed.admission)."""
     parsers = MultusParsers().start()
     try:
         yield parsers
@@ -293,7 +290,7 @@ def scene(kube: ApiServer, cni_path: str, make_netns, host_veth, tmp_path: Path)
         made.api.delete(f"/api/v1/namespaces/{made.ns}")
 
 
-# --- the real node (tests/node.py, tests/cluster.py) ---------------------------------------------
+# --- the real node (testbed.node, testbed.cluster) -----------------------------------------------
 
 
 @pytest.fixture(scope="session")

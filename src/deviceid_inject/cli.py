@@ -23,11 +23,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__, config, deviceinfo, discovery, udev
+from . import __version__, config, deviceinfo, discovery, files, udev, vftable
+from .exitcodes import EXIT_NO, EXIT_OK, EXIT_USAGE
 from .log import Log
 from .protocol import SUPPORTED_VERSIONS, CniError, check_ifname
 
-EXIT_OK, EXIT_NO, EXIT_USAGE = 0, 1, 2
 PLUGIN_TYPE = "deviceid-inject"
 IMAGE_BINARY = "/usr/local/bin/deviceid-inject"  # where the image (packaging/image.py) holds it
 SERVER_SOCKET = "/run/deviceid-inject/cni.sock"  # the launcher's default too (launcher.c)
@@ -83,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
         description="Watches this node's Pods and adds device-info to each network-status entry of an "
         "attachment the plugin recorded. Runs until SIGTERM.",
     )
+    # The bridge's modules load only for its own commands: the CNI server runs from this module
+    # too, and nothing on the CNI path imports the bridge.
     from .bridge.main import add_arguments
 
     add_arguments(agent)
@@ -255,8 +257,8 @@ def discover(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     clues = discovery.Clues(ifname=args.ifname, mac=args.mac, runtime_device_id=args.device_id)
     try:
         found = discovery.discover(clues, host)
-    except CniError as exc:
-        return _say(err, exc.msg, EXIT_NO)
+    except (vftable.Ambiguous, files.FileError) as exc:
+        return _say(err, str(exc), EXIT_NO)
     report: dict[str, Any] = {
         "strategies": [
             {"strategy": a.strategy, "applied": a.outcome.startswith("found "), "outcome": a.outcome}

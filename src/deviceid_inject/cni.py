@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 
 from . import config as configuration
-from . import deviceinfo, discovery, files, protocol, udev
+from . import deviceinfo, discovery, files, protocol, udev, vftable
 from .config import Config
 from .log import Log
 from .pci import SysfsPci
 from .protocol import ERR_CHECK_FAILED, ERR_INTERNAL, ERR_INVALID_CONFIG, ERR_IO, ERR_NO_DEVICE, CniError, Env
-from .state import Record, Store
+from .state import Busy, Record, Store
 
 # Names for annotations only: typing costs milliseconds to import on every ADD.
 TYPE_CHECKING = False
@@ -67,7 +67,7 @@ def cmd_add(env: Env, config: Config, log: Log) -> dict[str, Any]:
         store.save(_record(env, config, device, target, created, document))
         try:
             deviceinfo.write(target, document)
-        except CniError:
+        except Exception:  # nothing half done: the record goes back to what it was
             store.restore(env.container_id, env.ifname, previous)
             raise
     if iface is None:
@@ -300,7 +300,7 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Tex
     except Declined:
         raise
     except Exception as exc:  # every failure, a bug of ours too, is one error object: never a traceback
-        err = _as_cni_error(exc)
+        err = as_cni_error(exc)
         log.error(f"{err.msg} (code {err.code})")
         protocol.write_json(stdout, err.to_json(cni_version))
         return 1
@@ -308,9 +308,18 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Tex
         log.close()
 
 
-def _as_cni_error(exc: Exception) -> CniError:
+def as_cni_error(exc: Exception) -> CniError:
+    """The one place the errors of the modules below become protocol errors, each with its code."""
     if isinstance(exc, CniError):
         return exc
+    if isinstance(exc, files.Refused):  # a path from the config or the runtime it will not use
+        return CniError(ERR_INVALID_CONFIG, str(exc))
+    if isinstance(exc, files.CannotAccess):
+        return CniError(ERR_IO, str(exc))
+    if isinstance(exc, Busy):
+        return CniError(protocol.ERR_TRY_AGAIN, str(exc))
+    if isinstance(exc, vftable.Ambiguous):
+        return CniError(protocol.ERR_AMBIGUOUS_MAC, str(exc))
     if isinstance(exc, OSError):
         return CniError(ERR_IO, f"I/O error: {exc}")
     return CniError(ERR_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")

@@ -12,7 +12,7 @@ The keys the runtime fills in per attachment (prevResult, runtimeConfig, the GC 
 differ on every run, so they are left out of the entry and checked on every run by
 `_attachment_errors`, by hand, because only a hand-written check is cheaper than importing
 jsonschema. Those checks are a second statement of what schema.json says of those keys; the
-differential fuzz test in tests/test_bad_input.py (a config first seen against the same
+differential fuzz test in tests/unit/test_bad_input.py (a config first seen against the same
 config answered from the cache) fails as soon as the two disagree.
 """
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from . import __version__, files
 from .protocol import ERR_INVALID_CONFIG, CniError, ifname_problem
+from .state import DEFAULT_DATA_DIR
 
 # Names for annotations only: typing costs milliseconds to import on every ADD.
 TYPE_CHECKING = False
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_DEVICE_INFO_ROOT = "/var/run/k8s.cni.cncf.io/devinfo"
-DEFAULT_DATA_DIR = "/var/lib/cni/deviceid-inject"
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.json")
 PER_ATTACHMENT_KEYS = ("prevResult", "runtimeConfig", "cni.dev/valid-attachments")
 VALIDATED_DIR = ".validated"  # container IDs never start with a dot
@@ -157,7 +157,7 @@ def _known_valid(entry: tuple[str, bytes]) -> bool:
     path, text = entry
     try:
         return files.read_bytes(path) == text
-    except CniError:  # a symlink or a folder there: not ours, so not trusted
+    except files.FileError:  # a symlink or a folder there: not ours, so not trusted
         return False
 
 
@@ -166,7 +166,7 @@ def _remember_valid(entry: tuple[str, bytes]) -> None:
     try:
         files.make_dirs(os.path.dirname(path))
         files.write_bytes(path, text, 0o600)
-    except CniError:
+    except files.FileError:
         pass  # only a cache: the next run validates again
 
 
@@ -181,7 +181,7 @@ def _prune_stale(entry: tuple[str, bytes]) -> None:
         return
     for other in names:
         if not other.startswith((prefix, ".")):  # dot names: another run's temporary file
-            with contextlib.suppress(CniError):  # a folder or worse: never read as an entry either
+            with contextlib.suppress(files.FileError):  # a folder or worse: never read as an entry either
                 files.remove(os.path.join(folder, other))
 
 

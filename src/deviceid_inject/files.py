@@ -3,6 +3,9 @@
 Two promises live here: no reader ever sees half a file (write a temporary file
 in the same folder, then rename it over the target), and nothing is written or
 read through a symlink or outside the tree it belongs to.
+
+Its errors are its own (FileError: Refused or CannotAccess; NotJson): the CNI boundary (cni.py) turns them
+into protocol errors, and the network-status bridge, which reads the same records, never sees one.
 """
 
 from __future__ import annotations
@@ -12,12 +15,24 @@ import json
 import os
 import stat
 
-from .protocol import ERR_INVALID_CONFIG, ERR_IO, CniError
-
 # Names for annotations only: typing costs milliseconds to import on every ADD.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+
+class FileError(Exception):
+    """A file operation that did not happen; the message names the path and why."""
+
+
+class Refused(FileError):
+    """The path itself is unacceptable: relative, outside its tree, a symlink, a folder, not a
+    regular file. Whoever named it is at fault, so retrying cannot help."""
+
+
+class CannotAccess(FileError):
+    """The path is acceptable but the system refused the operation (permissions, a full or
+    read-only filesystem, ...); the message names the action, the path and the reason."""
 
 
 def inside(root: str, path: str) -> bool:
@@ -29,18 +44,15 @@ def inside(root: str, path: str) -> bool:
 
 def require_inside(root: str, path: str, what: str) -> None:
     if not os.path.isabs(path):
-        raise CniError(ERR_INVALID_CONFIG, f"{what} {path!r} is not an absolute path")
+        raise Refused(f"{what} {path!r} is not an absolute path")
     if not inside(root, os.path.dirname(path)):
-        raise CniError(
-            ERR_INVALID_CONFIG,
-            f"{what} {path} resolves to {os.path.realpath(path)}, outside {root}; not written",
-        )
+        raise Refused(f"{what} {path} resolves to {os.path.realpath(path)}, outside {root}; not written")
     if os.path.basename(path) in ("", ".", ".."):
-        raise CniError(ERR_INVALID_CONFIG, f"{what} {path!r} does not name a file")
+        raise Refused(f"{what} {path!r} does not name a file")
 
 
-def io_error(action: str, path: str, exc: OSError) -> CniError:
-    return CniError(ERR_IO, f"cannot {action} {path}: {exc.strerror or exc}")
+def io_error(action: str, path: str, exc: OSError) -> CannotAccess:
+    return CannotAccess(f"cannot {action} {path}: {exc.strerror or exc}")
 
 
 def make_dirs(path: str) -> None:
@@ -79,11 +91,11 @@ def read_bytes(path: str, max_bytes: int | None = None) -> bytes | None:
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise CniError(ERR_INVALID_CONFIG, f"{path} is a symlink; deviceid-inject never follows one") from None
+            raise Refused(f"{path} is a symlink; deviceid-inject never follows one") from None
         raise io_error("open", path, exc) from None
     if not _is_regular(fd):
         os.close(fd)
-        raise CniError(ERR_INVALID_CONFIG, f"{path} is not a regular file")
+        raise Refused(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
         try:
             data = f.read() if max_bytes is None else f.read(max_bytes + 1)
@@ -107,7 +119,7 @@ def write_bytes(path: str, data: bytes, mode: int) -> None:
     """Replace `path` atomically with `data`: a temporary file in the same folder, renamed over it."""
     folder, name = os.path.split(path)
     if os.path.isdir(path) and not os.path.islink(path):
-        raise CniError(ERR_INVALID_CONFIG, f"{path} is a directory, not a file")
+        raise Refused(f"{path} is a directory, not a file")
     tmp = os.path.join(folder, _temp_name(name))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
@@ -159,7 +171,7 @@ def _unlink(path: str) -> bool:
     except FileNotFoundError:
         return False
     except IsADirectoryError:
-        raise CniError(ERR_IO, f"cannot remove {path}: it is a directory") from None
+        raise CannotAccess(f"cannot remove {path}: it is a directory") from None
     except OSError as exc:
         raise io_error("remove", path, exc) from None
     return True

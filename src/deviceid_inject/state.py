@@ -17,15 +17,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, dataclass, fields
 
 from . import files
-from .protocol import ERR_TRY_AGAIN, CniError
 
 # Names for annotations only: typing costs milliseconds to import on every ADD.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+DEFAULT_DATA_DIR = "/var/lib/cni/deviceid-inject"  # the config's dataDir when it names none
 LOCK_TIMEOUT_SECONDS = 10.0
 STATE_MODE = 0o600
+
+
+class Busy(Exception):
+    """Another run held the store's lock for longer than the wait: the caller may try again."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class Store:
 
     @contextlib.contextmanager
     def locked(self, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
-        """Hold the store's lock; a busy node gets code 11 (try again) rather than a hang."""
+        """Hold the store's lock; a busy node gets Busy (CNI: code 11, try again) rather than a hang."""
         files.make_dirs(self.data_dir)
         lock_path = os.path.join(self.data_dir, ".lock")
         try:
@@ -69,7 +73,7 @@ class Store:
                     break
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                        raise CniError(ERR_TRY_AGAIN, f"{lock_path} is held by another run") from None
+                        raise Busy(f"{lock_path} is held by another run") from None
                     time.sleep(0.005)
             yield
         finally:
@@ -77,7 +81,7 @@ class Store:
 
     def load(self, container_id: str, ifname: str, max_bytes: int | None = None) -> Record | None:
         """The record, or None when there is none or it is not one of ours (not JSON, edited, or
-        with `max_bytes` larger than that). A symlink or a non-file raises CniError."""
+        with `max_bytes` larger than that). A symlink or a non-file raises files.Refused."""
         path = self.path(container_id, ifname)
         try:
             raw = files.read_json(path, max_bytes)
@@ -90,7 +94,7 @@ class Store:
         files.make_dirs(os.path.dirname(path))
         try:
             files.write_json(path, asdict(record), STATE_MODE)
-        except CniError:
+        except files.FileError:
             self._drop_empty_folder(path)
             raise
 
@@ -111,9 +115,9 @@ class Store:
         with contextlib.suppress(OSError):  # other ifnames of the container may still be there
             os.rmdir(os.path.dirname(path))
 
-    def attachments(self, unreadable: Callable[[CniError], None] | None = None) -> list[tuple[str, str]]:
+    def attachments(self, unreadable: Callable[[files.FileError], None] | None = None) -> list[tuple[str, str]]:
         """Every (containerID, ifname) with a record, for GC and the bridge. A container folder
-        that cannot be listed raises CniError, or, given `unreadable`, is handed to it and skipped."""
+        that cannot be listed raises files.CannotAccess, or, given `unreadable`, is handed to it and skipped."""
         found = []
         for container_id in _listdir(self.data_dir):
             folder = os.path.join(self.data_dir, container_id)
@@ -121,7 +125,7 @@ class Store:
                 continue
             try:
                 names = _listdir(folder)
-            except CniError as exc:
+            except files.FileError as exc:
                 if unreadable is None:
                     raise
                 unreadable(exc)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .protocol import ERR_AMBIGUOUS_MAC, CniError
-
 # Names for annotations only: typing costs milliseconds to import on every ADD.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,11 +28,8 @@ class VfEntry:
     mac: str
 
 
-class Ambiguous(CniError):
+class Ambiguous(Exception):
     """Two VFs carry the MAC we look for: picking one would be a guess."""
-
-    def __init__(self, msg: str) -> None:
-        super().__init__(ERR_AMBIGUOUS_MAC, msg)
 
 
 def find_mac(entries: Iterable[VfEntry], mac: str) -> list[VfEntry]:

@@ -1,8 +1,8 @@
 """What an application's Pod runs to wait for its device-info: read network-status from the
 downward API's annotations file until the entry of an interface carries device-info.
 
-The bridge adds device-info shortly after Multus writes network-status (the README gives the
-measured gap), and the kubelet then refreshes the Pod's downward API files on its own schedule.
+The bridge adds device-info shortly after Multus writes network-status (docs/bridge.md gives
+the measured gap), and the kubelet then refreshes the Pod's downward API files on its own schedule.
 So a workload that reads device-info at start runs `deviceid-inject wait-device-info` first, as
 an init container or at the top of its entrypoint: it returns the moment the entry is complete,
 whichever route (device plugin, selection placeholder, bridge) put device-info there.

@@ -1,5 +1,5 @@
 """Writes the bad-input corpus: cases/<id>.stdin (what the plugin reads on stdin) and manifest.json
-(how each case is run and what it must answer). tests/test_bad_input.py runs every case.
+(how each case is run and what it must answer). tests/unit/test_bad_input.py runs every case.
 
     python testdata/bad-input/make_corpus.py      # regenerate; commit the output
 

@@ -1,6 +1,6 @@
 // Command parse-selection runs Multus's own parser of a Pod's network selection on each line of its
 // stdin and prints what Multus makes of it, one JSON line each, so that tests can hold the admission
-// policy of deploy/selection-route against the real thing (tests/test_admission.py).
+// policy of deploy/selection-route against the real thing (tests/system/test_admission.py).
 //
 // It is built inside a copy of each Multus v4 module at its exact version, as Multus's own commands
 // are (scripts/install-tools.sh, build_module_copy with FILE=), so it links that version's

@@ -1,6 +1,6 @@
-"""Run inside a test node (tests/test_node_admission.py): print every version of every Pod's downward
-API `annotations` file as the kubelet writes it, one JSON line each ({"at": wall time, "pod": UID,
-"text": ...}), polling every few milliseconds until killed. The kubelet writes these files on a
+"""Run inside a test node (tests/system/test_node_admission.py): print every version of every Pod's
+downward API `annotations` file as the kubelet writes it, one JSON line each ({"at": wall time, "pod":
+UID, "text": ...}), polling every few milliseconds until killed. The kubelet writes these files on a
 tmpfs of the node's own mount namespace, so only a process inside it sees them.
 """
 

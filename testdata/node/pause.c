@@ -1,7 +1,7 @@
 /*
  * The test node's sandbox program ("pause"), PID 1 of every pod sandbox: it holds the pod's
  * namespaces open and waits. SIGTERM or SIGINT end it; children it inherits are reaped.
- * Built statically by tests/node.py, so its image holds this one file.
+ * Built statically by testbed/testbed/node.py, so its image holds this one file.
  */
 #include <signal.h>
 #include <stddef.h>

@@ -11,12 +11,10 @@ import os
 import signal
 import threading
 
-from ..cli import EXIT_OK, EXIT_USAGE
-from ..config import DEFAULT_DATA_DIR
+from ..exitcodes import EXIT_OK, EXIT_USAGE
 from ..log import LEVELS, Log
-
-DEFAULT_RESYNC = 30.0  # seconds between looks at every Pod again
-DEFAULT_LISTEN = "127.0.0.1:9909"
+from ..state import DEFAULT_DATA_DIR
+from .settings import DEFAULT_LISTEN, DEFAULT_RESYNC, Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also keep k8s.v1.cni.cncf.io/networks-status (the key Multus before v4 wrote too) equal to "
         "network-status, for readers written for Multus v3; the admission policy must allow it "
-        "(README: the network-status bridge)",
+        "(docs/bridge.md)",
     )
     parser.add_argument("--log-level", choices=sorted(LEVELS), default="info")
 
@@ -44,7 +42,7 @@ def run(args: argparse.Namespace, log: Log) -> int:
     # should not pay for the Kubernetes client.
     from lightkube.core.exceptions import ConfigError
 
-    from .agent import Settings, connect
+    from .agent import connect
     from .metrics import Metrics, serve
 
     node = args.node or os.environ.get("NODE_NAME", "")

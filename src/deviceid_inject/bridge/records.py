@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import files
-from ..protocol import CniError
 from ..state import Record, Store, record_from
 from .inotify import (
     IN_ATTRIB,
@@ -282,8 +281,8 @@ class RecordIndex:
             raw = files.read_json(path, MAX_RECORD_BYTES)
         except files.NotJson as exc:  # TooLarge too: it grew since the lstat
             return _Seen(signature, None, f"{str(exc).removeprefix(f'{path} ')}; ignored"), None
-        except CniError as exc:  # it became a symlink or a FIFO since the lstat
-            return _Seen(signature, None, f"{exc.msg}; ignored"), None
+        except files.FileError as exc:  # it became a symlink or a FIFO since the lstat
+            return _Seen(signature, None, f"{exc}; ignored"), None
         if raw is None:  # removed since the lstat
             return _Seen(signature, None, None), None
         record = record_from(raw)
