@@ -11,6 +11,8 @@ import os
 import shutil
 import sys
 
+from testbed.tools import REPO
+
 
 class Tree:
     def __init__(self, root: str) -> None:
@@ -133,8 +135,6 @@ def build_all(base: str) -> None:
 
 
 if __name__ == "__main__":
-    here = os.path.dirname(os.path.abspath(__file__))  # testbed/testbed in the repository
-    repo = os.path.dirname(os.path.dirname(here))
-    target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(repo, "testdata", "sysfs")
+    target = sys.argv[1] if len(sys.argv) > 1 else str(REPO / "testdata" / "sysfs")
     shutil.rmtree(target, ignore_errors=True)
     build_all(target)
