@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deviceid_inject.bridge.main import DEFAULT_RESYNC
+from deviceid_inject.bridge.settings import DEFAULT_RESYNC
 from deviceid_inject.state import Store
 from testbed.bridge import BridgeProcess, agent_api, device_info, install, record
 from testbed.helpers import CNI_BIN, VFS, have_cni_tools
