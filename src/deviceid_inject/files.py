@@ -4,8 +4,9 @@ Two promises live here: no reader ever sees half a file (write a temporary file
 in the same folder, then rename it over the target), and nothing is written or
 read through a symlink or outside the tree it belongs to.
 
-Its errors are its own (FileError: Refused or CannotAccess; NotJson): the CNI boundary (cni.py) turns them
-into protocol errors, and the network-status bridge, which reads the same records, never sees one.
+Its errors are its own (FileError: Refused or CannotAccess; NotJson): the CNI boundary
+(cni.py) turns them into protocol errors, and the network-status bridge, which reads the
+same records, never sees one.
 """
 
 from __future__ import annotations

@@ -316,7 +316,8 @@ def strict_json(text: str) -> Any:
 
 
 def contract_violations(command: str, code: int, stdout: str, stderr: str) -> list[str]:
-    """What is wrong with one plugin run's output by the CNI spec and docs/discovery-and-state.md; [] when nothing.
+    """What is wrong with one plugin run's output by the CNI spec and docs/discovery-and-state.md;
+    [] when nothing.
 
     Success: exit 0, a result object (ADD) or version object (VERSION) on stdout, else nothing.
     Failure: exit non-zero and exactly one error object {cniVersion, code, msg, details} with a
